@@ -1,0 +1,1 @@
+"""Client side: the ClientApp and a site's private state."""

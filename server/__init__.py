@@ -1,0 +1,1 @@
+"""Server side: the ServerApp, its strategy and the pretraining command."""

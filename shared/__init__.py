@@ -1,0 +1,1 @@
+"""Code shared by the Flower server, clients and simulations."""

@@ -1,0 +1,83 @@
+"""Atomic files, model checkpoints that carry their own arguments, and named encoder transfer."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.model import Forecaster, ModelArgs
+
+
+def write_atomic(path: str | Path, write) -> None:
+    """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
+
+    A crash leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
+
+
+def save_model(path: str | Path, model: Forecaster, meta: dict | None = None) -> None:
+    """Checkpoint: model arguments, full state dict and free-form metadata (seeds, sizes, round)."""
+    payload = {"model_args": model.args.to_dict(), "state_dict": model.state_dict(), "meta": meta or {}}
+    write_atomic(path, lambda f: torch.save(payload, f))
+
+
+def load_model(path: str | Path) -> tuple[Forecaster, dict]:
+    """Rebuild a Forecaster from a checkpoint written by `save_model`; returns (model, meta)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable model checkpoint ({exc})") from exc
+    model = Forecaster(ModelArgs.from_dict(payload["model_args"]))
+    model.load_state_dict(payload["state_dict"])
+    return model, payload["meta"]
+
+
+def save_module(path: str | Path, module: nn.Module) -> None:
+    write_atomic(path, lambda f: torch.save(module.state_dict(), f))
+
+
+def load_module(path: str | Path, module: nn.Module) -> None:
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def load_encoder(model: Forecaster, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load an encoder state into `model.encoder`; every key and shape must match.
+
+    Returns the loaded keys. Raises ValueError naming what is missing, unexpected or of the wrong
+    shape, so a mismatched encoder never half-loads.
+    """
+    own = model.encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"encoder does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {wrong[:5]}"
+        )
+    model.encoder.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    return sorted(state)

@@ -1,0 +1,116 @@
+"""Typed settings, read once at the boundary from a flat kebab-case mapping (Flower's run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from shared.model import ModelArgs
+from shared.train import TrainArgs
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    """How a site's series are read and cut into windows."""
+
+    data_path: str = ""  # long-format CSV/Parquet; "" = built-in demo sites
+    site_column: str = "site"  # column grouping series into sites; absent = one site per series
+    freq: str = ""  # pandas alias; "" = inferred
+    demo_sites: int = 8  # sites of the built-in demo data
+    demo_length: int = 24 * 42  # points per demo series: six weeks of hourly data
+    demo_seed: int = 0  # the demo data stays the same when the training seed changes
+    val_size: int = 168  # validation points at the end of the history (one week hourly)
+    test_size: int = 168  # test points after validation, where rolling test origins lie
+    stride: int = 24  # points between validation/test origins (daily for hourly data)
+
+
+@dataclass(frozen=True)
+class FederationArgs:
+    """Rounds, sampling and where the server keeps its files."""
+
+    num_server_rounds: int = 4
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2  # a round waits for at least this many sites
+    evaluate_every: int = 1  # evaluate the served model every k rounds (0: only after the last)
+    seed: int = 0
+    pretrained_path: str = ""  # encoder checkpoint; "" = pretrain on the synthetic corpus and cache it
+    cache_dir: str = ".cache"  # where a pretrained encoder is cached, keyed by its settings
+    corpus_series: int = 1000  # KernelSynth series in the pretraining corpus
+    corpus_length: int = 512
+    pretrain_epochs: int = 40  # of steps-per-epoch batches each; about a minute on one core
+    out_dir: str = "runs/latest"  # global checkpoints and per-site results
+    state_dir: str = ""  # simulation: each site's private state under here ("" = OUT_DIR/sites)
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def read_args(cls, config: Mapping[str, Any], **overrides):
+    """Build dataclass `cls` from the kebab-case keys of `config` that name its fields.
+
+    Values are cast to each field's default type, so "0.01" and 0.01 both work; `lags` is read
+    from a space- or comma-separated string.
+    """
+    values = {}
+    for f in fields(cls):
+        key = _kebab(f.name)
+        if key not in config:
+            continue
+        raw = config[key]
+        try:
+            if f.name == "lags":
+                values[f.name] = tuple(int(v) for v in str(raw).replace(",", " ").split())
+            elif isinstance(f.default, bool):
+                values[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+            else:
+                values[f.name] = type(f.default)(raw)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config key '{key}': cannot read {raw!r} as {type(f.default).__name__}") from exc
+    return cls(**(values | overrides))
+
+
+def to_config(obj) -> dict[str, Any]:
+    """Flat kebab-case mapping of a settings dataclass (the inverse of `read_args`)."""
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out[_kebab(f.name)] = " ".join(map(str, value)) if isinstance(value, tuple) else value
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run needs, from a run config."""
+
+    model: ModelArgs
+    train: TrainArgs
+    data: DataArgs
+    federation: FederationArgs
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        return cls(
+            model=read_args(ModelArgs, config),
+            train=read_args(TrainArgs, config),
+            data=read_args(DataArgs, config),
+            federation=read_args(FederationArgs, config),
+        )
+
+
+def frequency_defaults(seasons: list[int]) -> dict[str, Any]:
+    """Window and model settings that suit data with these natural seasons (shortest first).
+
+    The lookback is the longest season (8 short seasons when there is no longer one), the horizon one short
+    season (two when it is under a day's 24 points), one patch is one short season, and validation
+    and test each span one lookback with an origin every short season.
+    """
+    short, longest = seasons[0], seasons[-1]
+    lookback = longest if longest >= 4 * short else 8 * short
+    horizon = short if short >= 24 else 2 * short
+    patch = short if short <= lookback // 4 else max(1, lookback // 8)
+    return {
+        "lookback": lookback, "horizon": horizon, "lags": " ".join(map(str, [1, *seasons])),
+        "patch-len": patch, "patch-stride": max(1, patch // 2) if patch >= 12 else patch,
+        "val-size": lookback, "test-size": lookback, "stride": short,
+    }

@@ -1,0 +1,137 @@
+"""The forecaster: a shared patch-transformer `encoder` and a private linear `head`.
+
+What travels between a site and the server is `model.encoder.state_dict()` and nothing else;
+the head and the data stay at the site. Normalisation is per window (RevIN without affine
+parameters) and computed at forward time, so no statistic is stored in either submodule.
+
+References: Nie et al., "A Time Series is Worth 64 Words: Long-term Forecasting with
+Transformers" (PatchTST), ICLR 2023; Kim et al., "Reversible Instance Normalization for
+Accurate Time-Series Forecasting against Distribution Shift" (RevIN), ICLR 2022.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+EPS = 1e-5  # added to each window's standard deviation so flat windows stay finite
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Everything needed to rebuild a Forecaster (stored in every checkpoint)."""
+
+    lookback: int = 168  # input points; one week of hourly data
+    horizon: int = 24  # forecast points
+    patch_len: int = 24  # one day of hourly data per token
+    patch_stride: int = 12  # half-overlapping patches: 13 tokens for lookback 168
+    d_model: int = 64  # small enough to train on 2 CPU cores in minutes
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int = 128
+    dropout: float = 0.1
+    lags: tuple[int, ...] = (1, 24, 168)  # simple forecasts the head mixes: naive and seasonal naive
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lags", tuple(int(lag) for lag in self.lags))
+        if self.patch_len > self.lookback:
+            raise ValueError(f"patch_len {self.patch_len} exceeds lookback {self.lookback}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if not self.lags or any(lag < 1 or lag > self.lookback for lag in self.lags):
+            raise ValueError(f"lags {self.lags} must lie in 1..lookback ({self.lookback})")
+
+    @property
+    def n_patches(self) -> int:
+        return (self.lookback - self.patch_len) // self.patch_stride + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"lags": list(self.lags)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelArgs:
+        return cls(**{k: (tuple(v) if k == "lags" else v) for k, v in values.items()})
+
+
+def normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-window instance normalisation: returns (z, mean, std), each std >= EPS."""
+    mean = x.mean(dim=-1, keepdim=True)
+    std = x.std(dim=-1, keepdim=True, unbiased=False) + EPS
+    return (x - mean) / std, mean, std
+
+
+class PatchEncoder(nn.Module):
+    """Patches of a normalised window -> transformer -> token embeddings [B, n_patches, d_model]."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.patch_len, self.patch_stride = args.patch_len, args.patch_stride
+        self.span = (args.n_patches - 1) * args.patch_stride + args.patch_len  # points used
+        self.embed = nn.Linear(args.patch_len, args.d_model)
+        self.position = nn.Parameter(torch.randn(args.n_patches, args.d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            args.d_model, args.n_heads, args.d_ff, args.dropout,
+            activation="gelu", batch_first=True, norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, args.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(args.d_model)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        patches = z[:, -self.span:].unfold(-1, self.patch_len, self.patch_stride)  # [B, P, len]
+        tokens = self.embed(patches) + self.position  # [B, P, d]
+        return self.norm(self.blocks(tokens))
+
+
+class ForecastHead(nn.Module):
+    """Site-specific head: a learned mix of simple forecasts plus a linear correction.
+
+    Both parts start neutral (equal mix, zero correction), so an untrained head forecasts the
+    average of naive and seasonal-naive forecasts; training learns which to trust and how to
+    correct them from the encoder's tokens.
+    """
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.mix = nn.Parameter(torch.zeros(len(args.lags), args.horizon))
+        self.correction = nn.Linear(args.n_patches * args.d_model, args.horizon)
+        nn.init.zeros_(self.correction.weight)
+        nn.init.zeros_(self.correction.bias)
+
+    def forward(self, tokens: torch.Tensor, simple: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.mix, dim=0)  # [K, H]
+        return (simple * weights).sum(dim=1) + self.correction(tokens.flatten(1))
+
+
+class Forecaster(nn.Module):
+    """Raw window [B, lookback] -> forecast [B, horizon], on the window's own scale."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.encoder = PatchEncoder(args)
+        self.head = ForecastHead(args)
+        steps = torch.arange(args.horizon)
+        # index of the point each simple forecast repeats: lag m repeats the last m points
+        index = torch.stack([args.lookback - lag + steps % lag for lag in args.lags])
+        self.register_buffer("simple_index", index, persistent=False)  # [K, H], derived from args
+
+    def forward_normalized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forecast in normalised units, with the window's mean and std to undo it."""
+        z, mean, std = normalize(x)
+        simple = z[:, self.simple_index]  # [B, K, H]
+        return self.head(self.encoder(z), simple), mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, mean, std = self.forward_normalized(x)
+        return out * std + mean
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes of the tensors in a state dict (the payload of one encoder update)."""
+    return sum(t.numel() * t.element_size() for t in state.values())

@@ -1,0 +1,86 @@
+"""Pretraining the shared encoder on a synthetic corpus (and optionally a public data file)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from shared.checkpoint import load_model, save_model
+from shared.data import Splits, Windows, read_long, regularize
+from shared.model import Forecaster, ModelArgs
+from shared.synthetic import kernel_synth
+from shared.train import TrainArgs, train_scratch
+
+VAL_SHARE = 0.1  # share of corpus series held out (whole series) for early stopping
+
+
+def series_windows(series: list[np.ndarray], lookback: int, horizon: int, per_series: int, seed: int) -> Windows:
+    """Up to `per_series` random windows from each series (all its windows when it has fewer)."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for values in series:
+        n_origins = len(values) - lookback - horizon + 1
+        if n_origins < 1:
+            continue
+        origins = rng.choice(n_origins, size=min(per_series, n_origins), replace=False) + lookback
+        idx = origins[:, None] + np.arange(-lookback, horizon)[None, :]
+        block = values[idx].astype(np.float32)
+        xs.append(block[:, :lookback])
+        ys.append(block[:, lookback:])
+    if not xs:
+        raise ValueError(f"no series is longer than lookback {lookback} + horizon {horizon}")
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    n = len(x)
+    return Windows(x=x, y=y, mask=np.ones_like(y, dtype=bool), scale=np.full(n, np.nan),
+                   series=np.full(n, "corpus", dtype=object), origin=np.full(n, np.datetime64("NaT"), "datetime64[ns]"))
+
+
+def corpus_series(n_series: int, length: int, seed: int, public_path: str = "") -> list[np.ndarray]:
+    """KernelSynth series, plus every series of a public long-format file when one is given."""
+    series = list(kernel_synth(n_series, length, seed))
+    if public_path:
+        frame, _ = regularize(read_long(public_path, site_col=None))
+        series += [g["y"].to_numpy() for _, g in frame.groupby("unique_id", sort=True)]
+    return series
+
+
+def pretrain(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed: int,
+             public_path: str = "", windows_per_series: int = 64) -> tuple[Forecaster, dict]:
+    """Train a Forecaster from scratch on the corpus; returns it with the metadata to store."""
+    series = corpus_series(n_series, length, seed, public_path)
+    order = np.random.default_rng(seed).permutation(len(series))
+    n_val = max(1, int(len(series) * VAL_SHARE))
+    train_set = series_windows([series[i] for i in order[n_val:]], args.lookback, args.horizon, windows_per_series, seed)
+    val_set = series_windows([series[i] for i in order[:n_val]], args.lookback, args.horizon, windows_per_series, seed + 1)
+    splits = Splits(train=train_set, val=val_set, test=val_set)  # no test: pretraining picks nothing on it
+    model = Forecaster(args)
+    result = train_scratch(model, splits, train)
+    meta = {
+        "corpus": {"generator": "kernel_synth", "n_series": n_series, "length": length, "seed": seed,
+                   "public_path": public_path, "windows_per_series": windows_per_series},
+        "train_args": train.__dict__,
+        "best_val_mae": result.best_val_mae,
+        "epochs": result.epochs,
+    }
+    return model, meta
+
+
+def cache_key(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed: int, public_path: str) -> str:
+    """Stable short hash of everything that determines a pretrained checkpoint."""
+    blob = json.dumps([args.to_dict(), train.__dict__, n_series, length, seed, public_path], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cached_pretrain(cache_dir: str | Path, args: ModelArgs, train: TrainArgs, n_series: int, length: int,
+                    seed: int, public_path: str = "") -> tuple[Forecaster, dict, Path]:
+    """Load the pretrained checkpoint for these settings from `cache_dir`, or make and store it."""
+    path = Path(cache_dir) / f"pretrained-{cache_key(args, train, n_series, length, seed, public_path)}.pt"
+    if path.exists():
+        model, meta = load_model(path)
+        return model, meta, path
+    model, meta = pretrain(args, train, n_series, length, seed, public_path)
+    save_model(path, model, meta)
+    return model, meta, path

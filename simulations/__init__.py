@@ -1,0 +1,1 @@
+"""Simulations: run the App in Flower's simulation engine and report per-site results."""

@@ -1,0 +1,143 @@
+"""Start and stop Flower simulation runs of this App, leaving no process behind.
+
+`run_app` starts its own `flower-superlink --simulation` on a free loopback port (Flower's
+managed local SuperLink would outlive the run and is shared by every run on the machine), runs
+`flwr run` against it with a Flower home folder of ours, and stops the SuperLink's whole process
+group afterwards, also when the run fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import psutil
+
+APP_DIR = Path(__file__).resolve().parents[1]  # the folder holding pyproject.toml
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # it would try to download torch
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "OPENBLAS_NUM_THREADS": "1",  # one BLAS thread per process: the engine already runs one per core
+}
+FEDERATION = "sim"
+
+
+class RunError(RuntimeError):
+    """A Flower run failed; the message points at its logs."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_run_config(path: Path, run_config: dict) -> Path:
+    path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in run_config.items()))
+    return path
+
+
+def stop_tree(pid: int, grace: float = 10.0) -> None:
+    """Terminate a process and every descendant, then kill what is still alive after `grace` s.
+
+    Descendants are listed before anything is signalled: Flower starts SuperExec and app
+    processes in sessions of their own, so a process-group kill would miss them, and once their
+    parent is gone they can no longer be found through it.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+@contextmanager
+def superlink(home: Path, log_path: Path, timeout: float = 60.0):
+    """A simulation SuperLink on a free loopback port; yields its address, stops it on exit."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "{address}"\ninsecure = true\n'
+    )
+    bin_dir = str(Path(sys.executable).parent)  # the SuperLink finds flower-superexec on PATH
+    env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            ["flower-superlink", "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
+             "--disable-runtime-dependency-installation"],
+            cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RunError(f"flower-superlink exited with code {process.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(f"http://{address}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RunError(f"flower-superlink not healthy after {timeout:.0f} s; see {log_path}")
+                time.sleep(0.2)
+        yield address, env
+    finally:
+        stop_tree(process.pid)
+
+
+def run_app(run_config: dict, num_supernodes: int, workdir: Path, cpus_per_client: int = 1,
+            stream_to=None) -> None:
+    """Run this App in the simulation engine with `num_supernodes` sites and wait for it to end.
+
+    `workdir` receives the Flower home folder (`flwr-home/`), the SuperLink log and the run's
+    output stream (`flwr-run.log`); `run_config` overrides `[tool.flwr.app.config]`.
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = write_run_config(workdir / "run-config.toml", run_config)
+    run_log = workdir / "flwr-run.log"
+    with superlink(workdir / "flwr-home", workdir / "superlink.log") as (_, env):
+        command = [
+            "flwr", "run", str(APP_DIR), FEDERATION, "--stream",
+            "--run-config", str(config_file),
+            "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
+        ]
+        with open(run_log, "w") as log:
+            process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    if stream_to is not None:
+                        stream_to.write(line)
+                        stream_to.flush()
+                process.wait()
+            finally:
+                stop_tree(process.pid)
+        if process.returncode != 0:
+            raise RunError(f"flwr run exited with code {process.returncode}; see {run_log}")
