@@ -14,7 +14,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import Site, read_sites, select_site
+from client.site import Site
+from shared.sites import read_sites, select_site
 from shared.config import Settings
 from shared.model import ModelArgs
 

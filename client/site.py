@@ -19,42 +19,11 @@ import torch
 from shared.baselines import best_simple
 from shared.checkpoint import load_encoder, load_model, save_model, write_json
 from shared.config import DataArgs
-from shared.data import DataError, GapReport, Splits, make_splits, read_long, regularize, validate
+from shared.data import GapReport, Splits, make_splits, regularize
 from shared.model import Forecaster, ModelArgs
-from shared.synthetic import demo_sites
 from shared.train import TrainArgs, evaluate, fine_tune, linear_probe, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
-
-
-def read_sites(data: DataArgs) -> pd.DataFrame:
-    """The whole long-format frame the sites are cut from: the user's file or the demo sites."""
-    if data.data_path:
-        return read_long(data.data_path, site_col=data.site_column or None, freq=data.freq or None)
-    frame = demo_sites(n_sites=data.demo_sites, length=data.demo_length, seed=data.demo_seed)
-    return validate(frame, "built-in demo data", site_col="site", freq=data.freq or None)
-
-
-def select_site(frame: pd.DataFrame, source: str, index: int | None = None, name: str | None = None,
-                expected_sites: int | None = None) -> tuple[str, pd.DataFrame]:
-    """One site's rows, by name or by position among the sorted site names."""
-    names = sorted(frame["site"].unique())
-    if expected_sites is not None and expected_sites != len(names):
-        raise DataError(f"{source}: the federation has {expected_sites} sites but the data has {len(names)}")
-    if name is not None:
-        if name not in names:
-            raise DataError(f"{source}: no site named '{name}' (sites: {names[:10]})")
-    elif index is not None:
-        if not 0 <= index < len(names):
-            raise DataError(f"{source}: site index {index} out of range for {len(names)} sites")
-        name = names[index]
-    elif len(names) == 1:
-        name = names[0]
-    else:
-        raise DataError(f"{source}: holds {len(names)} sites; say which one (site-name)")
-    rows = frame[frame["site"] == name].reset_index(drop=True)
-    rows.attrs = dict(frame.attrs)
-    return name, rows
 
 
 def round_seed(seed: int, site: str, server_round: int) -> int:

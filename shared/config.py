@@ -70,6 +70,17 @@ def read_args(cls, config: Mapping[str, Any], **overrides):
     return cls(**(values | overrides))
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` strings from a command line as a run-config mapping."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def to_config(obj) -> dict[str, Any]:
     """Flat kebab-case mapping of a settings dataclass (the inverse of `read_args`)."""
     out = {}

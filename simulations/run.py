@@ -17,21 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from shared.config import DataArgs, frequency_defaults, read_args
+from shared.config import DataArgs, frequency_defaults, parse_overrides, read_args
 from shared.data import seasons
 from shared.results import format_table
-from client.site import read_sites
+from shared.sites import read_sites
 from simulations.runner import APP_DIR, RunError, run_app
-
-
-def parse_sets(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def plan(data_path: str, site_column: str, overrides: dict[str, str]) -> tuple[dict, list[str]]:
@@ -60,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or APP_DIR / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty: choose another --out (a site's state there would be reused)")
-    run_config, sites = plan(args.data, args.site_column, parse_sets(args.set))
+    run_config, sites = plan(args.data, args.site_column, parse_overrides(args.set))
     run_config.setdefault("cache-dir", str(APP_DIR / ".cache"))
     run_config["out-dir"] = str(out)
     print(f"{len(sites)} sites; output in {out}", flush=True)

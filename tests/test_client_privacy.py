@@ -1,0 +1,68 @@
+"""What leaves a site: a reply carries exactly the encoder's tensors, a site name and metrics."""
+
+import json
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+
+from client.app import app as client_app
+from shared.config import to_config
+from shared.model import Forecaster
+from tests.conftest import TINY, flower_message
+
+ALLOWED_TRAIN_METRICS = {"num-examples", "val-mae-probe", "val-mae", "epochs"}
+
+
+def _context(tmp_path, partition_id=0):
+    run_config = {**TINY, "out-dir": str(tmp_path), "state-dir": str(tmp_path / "sites")}
+    return Context(run_id=1, node_id=7, node_config={"partition-id": partition_id, "num-partitions": 3},
+                   state=RecordDict(), run_config=run_config)
+
+
+def _message(settings, message_type="train", server_round=1):
+    model = Forecaster(settings.model)
+    config = ConfigRecord({"model-args": json.dumps(settings.model.to_dict()), "server-round": server_round})
+    return model, flower_message(RecordDict({"arrays": ArrayRecord(model.encoder.state_dict()), "config": config}),
+                                 message_type)
+
+
+def test_train_reply_holds_exactly_the_encoder(tiny_settings, tmp_path):
+    model, msg = _message(tiny_settings)
+    reply = client_app(msg, _context(tmp_path))
+
+    assert not reply.has_error()
+    content = reply.content
+    assert list(content.array_records) == ["arrays"]
+    sent = content.array_records["arrays"].to_torch_state_dict()
+    expected = model.encoder.state_dict()
+    assert set(sent) == set(expected)  # no head tensor, nothing else
+    assert all(sent[k].shape == expected[k].shape for k in expected)
+    head_keys = set(model.head.state_dict())
+    assert not head_keys & set(sent)
+    # besides the arrays: one site name and a fixed set of scalar metrics; no series values
+    assert dict(content.config_records["site"]) == {"name": "site00"}
+    assert set(content.config_records) == {"site"}
+    metrics = dict(content.metric_records["metrics"])
+    assert set(metrics) == ALLOWED_TRAIN_METRICS
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    # the head stayed at the site
+    saved = torch.load(tmp_path / "sites" / "site00" / "model.pt", weights_only=True)["state_dict"]
+    assert any(k.startswith("head.") for k in saved)
+
+
+def test_evaluate_reply_carries_no_arrays(tiny_settings, tmp_path):
+    _, msg = _message(tiny_settings, "evaluate")
+    reply = client_app(msg, _context(tmp_path, partition_id=1))
+    assert not reply.has_error()
+    assert len(reply.content.array_records) == 0
+    assert dict(reply.content.config_records["site"]) == {"name": "site01"}
+    assert all(isinstance(v, (int, float)) for v in reply.content.metric_records["metrics"].values())
+
+
+def test_deployment_node_needs_a_state_folder(tiny_settings, tmp_path):
+    _, msg = _message(tiny_settings)
+    context = Context(run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "x.csv")}, state=RecordDict(),
+                      run_config={**TINY})
+    with pytest.raises(ValueError, match="state-dir"):
+        client_app(msg, context)

@@ -1,0 +1,65 @@
+"""A site's private state: the head persists across rounds, alone options are cached, bad state is refused."""
+
+import json
+
+import pytest
+import torch
+
+from client.site import Site
+from shared.sites import read_sites, select_site
+from shared.data import DataError
+from shared.model import Forecaster
+
+
+def _site(settings, tmp_path, index=0):
+    name, frame = select_site(read_sites(settings.data), "demo", index=index)
+    return Site.open(name, frame, tmp_path / name, settings.data)
+
+
+def test_head_after_round_one_is_the_head_round_two_starts_with(tiny_settings, tmp_path):
+    site = _site(tiny_settings, tmp_path)
+    args = tiny_settings.model
+    encoder = Forecaster(args).encoder.state_dict()
+    new_encoder, _ = site.train_round(args, tiny_settings.train, encoder, 1)
+    site.evaluate_round(args, tiny_settings.train, new_encoder, 1)
+    saved = torch.load(site.model_path, weights_only=True)["state_dict"]
+    head_after_round_1 = {k[len("head."):]: v for k, v in saved.items() if k.startswith("head.")}
+
+    restored = site.restore(args, new_encoder)  # what round 2 starts from
+    assert head_after_round_1.keys() == restored.head.state_dict().keys()
+    for key, value in restored.head.state_dict().items():
+        assert torch.equal(value, head_after_round_1[key])
+    # and it is not a fresh head: the site really learned one
+    assert not torch.equal(restored.head.mix, Forecaster(args).head.mix)
+
+
+def test_evaluation_reports_federated_next_to_alone_options(tiny_settings, tmp_path):
+    site = _site(tiny_settings, tmp_path)
+    args = tiny_settings.model
+    metrics = site.evaluate_round(args, tiny_settings.train, Forecaster(args).encoder.state_dict(), 1)
+    for key in ("test-mae", "val-mae", "simple-test-mae", "simple-val-mae", "local-test-mae", "local-val-mae"):
+        assert metrics[key] > 0
+    alone = json.loads((site.state_dir / "alone.json").read_text())
+    assert alone["local"]["test"]["mae"] == metrics["local-test-mae"]
+    assert (site.state_dir / "local_only.pt").exists()
+
+
+def test_state_for_other_model_arguments_is_refused(tiny_settings, tmp_path):
+    site = _site(tiny_settings, tmp_path)
+    args = tiny_settings.model
+    site.train_round(args, tiny_settings.train, Forecaster(args).encoder.state_dict(), 1)
+    other = args.__class__(**{**args.to_dict(), "d_model": 32, "d_ff": 64})
+    with pytest.raises(ValueError, match="other arguments"):
+        site.restore(other, Forecaster(other).encoder.state_dict())
+
+
+def test_select_site(tiny_settings):
+    frame = read_sites(tiny_settings.data)
+    assert select_site(frame, "f", index=2)[0] == "site02"
+    assert select_site(frame, "f", name="site01")[0] == "site01"
+    with pytest.raises(DataError, match="federation has 5 sites but the data has 3"):
+        select_site(frame, "f", index=0, expected_sites=5)
+    with pytest.raises(DataError, match="no site named 'x'"):
+        select_site(frame, "f", name="x")
+    with pytest.raises(DataError, match="say which one"):
+        select_site(frame, "f")
