@@ -21,7 +21,7 @@ from shared.checkpoint import load_encoder, load_model, save_model, write_json
 from shared.config import DataArgs
 from shared.data import GapReport, Splits, make_splits, regularize
 from shared.model import Forecaster, ModelArgs
-from shared.train import TrainArgs, evaluate, fine_tune, linear_probe, train_scratch
+from shared.train import TrainArgs, evaluate, fine_tune, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
 
@@ -84,10 +84,11 @@ class Site:
 
     def evaluate_round(self, args: ModelArgs, train: TrainArgs, encoder: dict[str, torch.Tensor],
                        server_round: int) -> dict[str, float]:
-        """Adapt the head to the global encoder (head only), then score it next to the alone options."""
+        """Personalise the global encoder (fine-tune from it with the site's head), then score the
+        result next to the alone options. The personalised model is what the site serves."""
         splits = self.splits(args)
         model = self.restore(args, encoder)
-        linear_probe(model, splits, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
+        fine_tune(model, splits, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
         save_model(self.model_path, model, {"round": server_round, "phase": "evaluate"})
         fed_val, fed_test = evaluate(model, splits.val), evaluate(model, splits.test)
         alone = self.alone(args, train, splits)

@@ -17,7 +17,7 @@ class DataArgs:
     site_column: str = "site"  # column grouping series into sites; absent = one site per series
     freq: str = ""  # pandas alias; "" = inferred
     demo_sites: int = 8  # sites of the built-in demo data
-    demo_length: int = 24 * 42  # points per demo series: six weeks of hourly data
+    demo_length: int = 24 * 28  # four weeks hourly: two of training history, one validation, one test
     demo_seed: int = 0  # the demo data stays the same when the training seed changes
     val_size: int = 168  # validation points at the end of the history (one week hourly)
     test_size: int = 168  # test points after validation, where rolling test origins lie
@@ -28,15 +28,15 @@ class DataArgs:
 class FederationArgs:
     """Rounds, sampling and where the server keeps its files."""
 
-    num_server_rounds: int = 4
-    fraction_train: float = 1.0
+    num_server_rounds: int = 4  # rounds of train (+ evaluate) messages
+    fraction_train: float = 1.0  # share of connected sites sampled each round
     min_train_nodes: int = 2  # a round waits for at least this many sites
-    evaluate_every: int = 1  # evaluate the served model every k rounds (0: only after the last)
-    seed: int = 0
+    evaluate_every: int = 0  # also evaluate every k rounds (0: only after the last; costs a fine-tune)
+    seed: int = 0  # seeds sampling, pretraining and every site's training
     pretrained_path: str = ""  # encoder checkpoint; "" = pretrain on the synthetic corpus and cache it
     cache_dir: str = ".cache"  # where a pretrained encoder is cached, keyed by its settings
     corpus_series: int = 1000  # KernelSynth series in the pretraining corpus
-    corpus_length: int = 512
+    corpus_length: int = 512  # points per corpus series
     pretrain_epochs: int = 40  # of steps-per-epoch batches each; about a minute on one core
     out_dir: str = "runs/latest"  # global checkpoints and per-site results
     state_dir: str = ""  # simulation: each site's private state under here ("" = OUT_DIR/sites)

@@ -28,10 +28,10 @@ class ModelArgs:
     patch_len: int = 24  # one day of hourly data per token
     patch_stride: int = 12  # half-overlapping patches: 13 tokens for lookback 168
     d_model: int = 64  # small enough to train on 2 CPU cores in minutes
-    n_heads: int = 4
-    n_layers: int = 2
-    d_ff: int = 128
-    dropout: float = 0.1
+    n_heads: int = 4  # attention heads (d_model must divide by it)
+    n_layers: int = 2  # transformer layers
+    d_ff: int = 128  # feed-forward width
+    dropout: float = 0.1  # inside the transformer only
     lags: tuple[int, ...] = (1, 24, 168)  # simple forecasts the head mixes: naive and seasonal naive
 
     def __post_init__(self) -> None:
