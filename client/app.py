@@ -1,7 +1,7 @@
 """ClientApp: a thin adapter between Flower messages and `client.site.Site`.
 
 A reply carries the encoder's arrays (train only), a MetricRecord and a ConfigRecord naming the
-site. The head, the data and the local-only model stay in the site's state folder.
+site (and, after evaluation, its best alone option and what its guard serves). The head, the data and the local-only model stay in the site's state folder.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def open_site(context: Context, settings: Settings) -> Site:
         name, frame = select_site(read_sites(settings.data), settings.data.data_path or "built-in demo data",
                                   index=int(node["partition-id"]), expected_sites=int(node["num-partitions"]))
         state_dir = Path(settings.federation.state_dir or Path(settings.federation.out_dir) / "sites") / name
-    return Site.open(name, frame, state_dir, settings.data)
+    return Site.open(name, frame, state_dir, settings.data, settings.site)
 
 
 def _unpack(msg: Message) -> tuple[ModelArgs, dict[str, torch.Tensor], int]:
@@ -50,8 +50,9 @@ def _unpack(msg: Message) -> tuple[ModelArgs, dict[str, torch.Tensor], int]:
     return args, msg.content["arrays"].to_torch_state_dict(), int(config["server-round"])
 
 
-def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | None = None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site.name})})
+def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | None = None,
+           info: dict[str, str] | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site.name, **(info or {})})})
     if arrays is not None:
         content["arrays"] = ArrayRecord(arrays)
     return Message(content=content, reply_to=msg)
@@ -62,8 +63,8 @@ def train(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
     site = open_site(context, settings)
     args, encoder, server_round = _unpack(msg)
-    state, metrics = site.train_round(args, settings.train, encoder, server_round)
-    return _reply(msg, site, metrics, arrays=state)
+    sent, metrics = site.train_round(args, settings.train, encoder, server_round, settings.federation.exchange)
+    return _reply(msg, site, metrics, arrays=sent)
 
 
 @app.evaluate()
@@ -71,4 +72,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
     site = open_site(context, settings)
     args, encoder, server_round = _unpack(msg)
-    return _reply(msg, site, site.evaluate_round(args, settings.train, encoder, server_round))
+    metrics, info = site.evaluate_round(args, settings.train, encoder, server_round, settings.federation.exchange)
+    return _reply(msg, site, metrics, info=info)

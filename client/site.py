@@ -1,9 +1,11 @@
 """A site's private side: its series, its head and its state folder. Knows nothing of Flower.
 
 State folder (never leaves the site):
-  model.pt        the site's latest personalised model (encoder + private head) with its arguments
-  local_only.pt   the same architecture trained on this site's data alone
-  alone.json      validation and test errors of what the site can do alone
+  model.pt      the site's latest model (received encoder + its private head) with its arguments
+  guard.json    what the site serves (federated or its best alone option) and why
+Alone folder (the state folder unless configured otherwise):
+  alone.json    validation and test errors of every option the site has alone, and the best one
+  local_only.pt the site's own architecture trained on its data alone
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from shared.baselines import best_simple
+from shared.baselines import seasonal_naive
 from shared.checkpoint import load_encoder, load_model, save_model, write_json
-from shared.config import DataArgs
-from shared.data import GapReport, Splits, make_splits, regularize
+from shared.config import DataArgs, SiteArgs
+from shared.data import GapReport, Splits, Windows, make_splits, regularize, season_length
+from shared.guard import decide
+from shared.metrics import forecast_errors, window_mae
 from shared.model import Forecaster, ModelArgs
-from shared.train import TrainArgs, evaluate, fine_tune, train_scratch
+from shared.statistical import frame_n_train, statistical_predictions
+from shared.train import TrainArgs, evaluate, fine_tune, predict, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
 
@@ -31,20 +37,39 @@ def round_seed(seed: int, site: str, server_round: int) -> int:
     return zlib.crc32(f"{seed}/{site}/{server_round}".encode())
 
 
+def _with_seed(train: TrainArgs, seed: int, **changes) -> TrainArgs:
+    return replace(train, seed=seed, **changes)
+
+
+def scores(val_pred: np.ndarray, test_pred: np.ndarray, splits: Splits) -> dict:
+    """An option's validation and test errors, with per-window validation MAE for the guard."""
+    return {
+        "val": forecast_errors(val_pred, splits.val.y, splits.val.mask, splits.val.scale),
+        "test": forecast_errors(test_pred, splits.test.y, splits.test.mask, splits.test.scale),
+        "val_windows": window_mae(val_pred, splits.val.y, splits.val.mask).tolist(),
+    }
+
+
+def model_scores(model: Forecaster, splits: Splits) -> dict:
+    return scores(predict(model, splits.val.x), predict(model, splits.test.x), splits)
+
+
 @dataclass
 class Site:
-    """One site: its regularised series, gap report and state folder."""
+    """One site: its regularised series, gap report, state folder and settings."""
 
     name: str
     frame: pd.DataFrame
     gaps: GapReport
     state_dir: Path
     data: DataArgs
+    options: SiteArgs = SiteArgs()
 
     @classmethod
-    def open(cls, name: str, frame: pd.DataFrame, state_dir: str | Path, data: DataArgs) -> Site:
+    def open(cls, name: str, frame: pd.DataFrame, state_dir: str | Path, data: DataArgs,
+             options: SiteArgs = SiteArgs()) -> Site:
         regular, gaps = regularize(frame)
-        return cls(name, regular, gaps, Path(state_dir), data)
+        return cls(name, regular, gaps, Path(state_dir), data, options)
 
     def splits(self, args: ModelArgs) -> Splits:
         return make_splits(self.frame, args.lookback, args.horizon, self.data.val_size,
@@ -54,69 +79,107 @@ class Site:
     def model_path(self) -> Path:
         return self.state_dir / "model.pt"
 
-    def restore(self, args: ModelArgs, encoder: dict[str, torch.Tensor]) -> Forecaster:
-        """The received encoder with this site's head from its last round (a fresh head at first)."""
+    @property
+    def alone_dir(self) -> Path:
+        return Path(self.options.alone_dir) / self.name if self.options.alone_dir else self.state_dir
+
+    def restore(self, args: ModelArgs, received: dict[str, torch.Tensor], exchange: str = "encoder") -> Forecaster:
+        """The received weights with this site's head from its last round (a fresh head at first).
+
+        exchange "encoder": `received` is the encoder, the head is the site's own.
+        exchange "model": `received` is the whole model (no private head; a comparison arm).
+        """
         model = Forecaster(args)
+        if exchange == "model":
+            model.load_state_dict(received)
+            return model
         if self.model_path.exists():
             previous, _ = load_model(self.model_path)
             if previous.args != args:
                 raise ValueError(f"{self.model_path}: holds a model for other arguments "
                                  f"({previous.args}); move it away to start this site afresh")
             model.head.load_state_dict(previous.head.state_dict())
-        load_encoder(model, encoder)
+        load_encoder(model, received)
         return model
 
-    def train_round(self, args: ModelArgs, train: TrainArgs, encoder: dict[str, torch.Tensor],
-                    server_round: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Fine-tune on the site's data; keep the head, return (encoder state, metrics)."""
-        splits = self.splits(args)
-        model = self.restore(args, encoder)
-        seed = round_seed(train.seed, self.name, server_round)
-        probe, tuned = fine_tune(model, splits, _with_seed(train, seed))
-        save_model(self.model_path, model, {"round": server_round, "phase": "train"})
-        metrics = {
-            "num-examples": len(splits.train),
-            "val-mae-probe": probe.best_val_mae,
-            "val-mae": tuned.best_val_mae,
-            "epochs": probe.epochs + tuned.epochs,
-        }
-        return model.encoder.state_dict(), metrics
+    def train_round(self, args: ModelArgs, train: TrainArgs, received: dict[str, torch.Tensor],
+                    server_round: int, exchange: str = "encoder") -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Train on the site's data and return (what goes back to the server, metrics).
 
-    def evaluate_round(self, args: ModelArgs, train: TrainArgs, encoder: dict[str, torch.Tensor],
-                       server_round: int) -> dict[str, float]:
-        """Personalise the global encoder (fine-tune from it with the site's head), then score the
-        result next to the alone options. The personalised model is what the site serves."""
+        exchange "encoder": fine-tune (head, then head and encoder); keep the head, send the encoder.
+        exchange "model": train every weight of the received model and send them all.
+        """
         splits = self.splits(args)
-        model = self.restore(args, encoder)
-        fine_tune(model, splits, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
-        save_model(self.model_path, model, {"round": server_round, "phase": "evaluate"})
-        fed_val, fed_test = evaluate(model, splits.val), evaluate(model, splits.test)
+        model = self.restore(args, received, exchange)
+        seeded = _with_seed(train, round_seed(train.seed, self.name, server_round))
+        if exchange == "model":
+            fit = train_scratch(model, splits, seeded)
+            metrics = {"val-mae-probe": fit.val_curve[0], "val-mae": fit.best_val_mae, "epochs": fit.epochs}
+        else:
+            probe, fit = fine_tune(model, splits, seeded)
+            metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.best_val_mae,
+                       "epochs": probe.epochs + fit.epochs}
+        save_model(self.model_path, model, {"round": server_round, "phase": "train"})
+        sent = model.state_dict() if exchange == "model" else model.encoder.state_dict()
+        return sent, {"num-examples": len(splits.train), **metrics}
+
+    def evaluate_round(self, args: ModelArgs, train: TrainArgs, received: dict[str, torch.Tensor],
+                       server_round: int, exchange: str = "encoder") -> tuple[dict[str, float], dict[str, str]]:
+        """Score the federated model next to every alone option; decide what the site serves.
+
+        exchange "encoder": the site personalises the global encoder (fine-tunes from it with its
+        head) and that is its federated model. exchange "model": the global model as received.
+        Returns (metrics per arm, {"alone-choice", "serve"}).
+        """
+        splits = self.splits(args)
+        model = self.restore(args, received, exchange)
+        if exchange == "encoder":
+            fine_tune(model, splits, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
+            save_model(self.model_path, model, {"round": server_round, "phase": "evaluate"})
+        federated = model_scores(model, splits)
         alone = self.alone(args, train, splits)
-        return {
-            "num-examples": len(splits.test),
-            "val-mae": fed_val["mae"],
-            **{f"test-{k}": v for k, v in fed_test.items()},
-            **{f"{arm}-{split}-mae": alone[arm][split]["mae"]
-               for arm in ("simple", "local") for split in ("val", "test")},
-            "simple-lag": alone["simple"]["lag"],
-            "filled-points": self.gaps.filled,
-        }
+        best = alone["options"][alone["best"]]
+        decision = decide(federated["val_windows"], best["val_windows"], margin=self.options.guard_margin)
+        write_json(self.state_dir / "guard.json", {"round": server_round, "alone_choice": alone["best"],
+                                                   **decision.to_dict()})
+        arms = {**alone["options"], "alone_best": best, "federated": federated,
+                "served": federated if decision.serve == "federated" else best}
+        metrics = {"num-examples": len(splits.test), "filled-points": self.gaps.filled,
+                   "guard:serve-federated": float(decision.serve == "federated"),
+                   "guard:val-win-share": decision.val_win_share}
+        for arm, result in arms.items():
+            metrics[f"{arm}:val-mae"] = result["val"]["mae"]
+            metrics |= {f"{arm}:test-{k}": v for k, v in result["test"].items()}
+        return metrics, {"alone-choice": alone["best"], "serve": decision.serve}
 
     def alone(self, args: ModelArgs, train: TrainArgs, splits: Splits) -> dict:
-        """Errors of the site's alone options (cached in alone.json): best simple forecast, local-only model."""
-        path = self.state_dir / "alone.json"
+        """Every option the site has alone, scored, and the best on validation (cached in alone.json).
+
+        Options: naive and seasonal naive for each of the model's lags, the statistical models,
+        and our architecture trained from scratch on this site alone (local_only).
+        """
+        path = self.alone_dir / "alone.json"
+        key = {"model_args": args.to_dict(), "train": train.__dict__, "stat_models": self.options.stat_models,
+               "val_size": self.data.val_size, "test_size": self.data.test_size, "stride": self.data.stride}
         if path.exists():
             cached = json.loads(path.read_text())
-            if cached["model_args"] == args.to_dict():
+            if cached["key"] == json.loads(json.dumps(key)):
                 return cached
-        simple = best_simple(splits, args.lags)
+        options = {}
+        for lag in args.lags:
+            name = "naive" if lag == 1 else f"seasonal_naive_{lag}"
+            options[name] = scores(seasonal_naive(splits.val.x, args.horizon, lag),
+                                   seasonal_naive(splits.test.x, args.horizon, lag), splits)
+        season = season_length(self.frame.attrs["freq"])
+        n_train = frame_n_train(self.frame, self.data.val_size, self.data.test_size)
+        for stat in self.options.stat_models.split():
+            options[stat] = scores(*(statistical_predictions(self.frame, w, n_train, args.horizon, season, stat).pred
+                                     for w in (splits.val, splits.test)), splits)
         model, lr = self._local_only(args, train, splits)
-        save_model(self.state_dir / "local_only.pt", model, {"lr": lr})
-        result = {
-            "model_args": args.to_dict(),
-            "simple": {"lag": simple.lag, "val": simple.val, "test": simple.test},
-            "local": {"val": evaluate(model, splits.val), "test": evaluate(model, splits.test), "lr": lr},
-        }
+        save_model(self.alone_dir / "local_only.pt", model, {"lr": lr})
+        options["local_only"] = model_scores(model, splits)
+        best = min(options, key=lambda name: (options[name]["val"]["mae"], name))
+        result = {"key": key, "options": options, "best": best}
         write_json(path, result)
         return result
 
@@ -129,9 +192,5 @@ class Site:
             model = Forecaster(args)
             fit = train_scratch(model, splits, _with_seed(train, seed, lr=lr))
             fits.append((fit.best_val_mae, lr, model))
-        best_val, lr, model = min(fits, key=lambda f: (f[0], f[1]))
+        _, lr, model = min(fits, key=lambda f: (f[0], f[1]))
         return model, lr
-
-
-def _with_seed(train: TrainArgs, seed: int, **changes) -> TrainArgs:
-    return replace(train, seed=seed, **changes)

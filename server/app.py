@@ -29,6 +29,10 @@ app = ServerApp()
 def initial_model(settings: Settings) -> tuple[Forecaster, dict]:
     """The encoder to start from: the configured checkpoint, or one pretrained (and cached) now."""
     fed = settings.federation
+    if fed.init == "random":
+        return Forecaster(settings.model), {"source": "random", "seed": fed.seed}
+    if fed.init != "pretrained":
+        raise ValueError(f"init must be 'pretrained' or 'random', not {fed.init!r}")
     if fed.pretrained_path:
         model, meta = load_model(fed.pretrained_path)
         wanted = (settings.model.lookback, settings.model.horizon)
@@ -60,14 +64,17 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_train_nodes,
         min_available_nodes=fed.min_train_nodes,
     )
+    if fed.exchange not in ("encoder", "model"):
+        raise ValueError(f"exchange must be 'encoder' or 'model', not {fed.exchange!r}")
     config = {"model-args": json.dumps(model.args.to_dict())}
     encoder = model.encoder.state_dict()
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(encoder), num_rounds=fed.num_server_rounds,
+    shared = encoder if fed.exchange == "encoder" else model.state_dict()
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(shared), num_rounds=fed.num_server_rounds,
                    train_config=ConfigRecord(config), evaluate_config=ConfigRecord(config))
 
     write_json(out / "summary.json", {
         "config": {**to_config(settings.model), **to_config(settings.train), **to_config(settings.data),
-                   **to_config(fed)},
+                   **to_config(fed), **to_config(settings.site)},
         "encoder": {"origin": origin, "parameters": count_parameters(model.encoder),
                     "update_bytes": state_bytes(encoder), "head_parameters": count_parameters(model.head)},
         "seconds": {"initial_encoder": pretrain_seconds, "rounds": strategy.round_times,

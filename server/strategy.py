@@ -40,6 +40,7 @@ class SiteLog:
                 row["error"] = msg.error.reason
             else:
                 row |= dict(next(iter(msg.content.metric_records.values())))
+                row |= {k: v for k, v in msg.content.config_records.get("site", {}).items() if k != "name"}
             self.rows.append(row)
         write_json(self.path, self.rows)
 

@@ -38,8 +38,19 @@ class FederationArgs:
     corpus_series: int = 1000  # KernelSynth series in the pretraining corpus
     corpus_length: int = 512  # points per corpus series
     pretrain_epochs: int = 40  # of steps-per-epoch batches each; about a minute on one core
+    exchange: str = "encoder"  # what travels: "encoder" (private heads) or "model" (fedavg_global arm)
+    init: str = "pretrained"  # starting encoder: "pretrained" or "random" (federated_scratch arm)
     out_dir: str = "runs/latest"  # global checkpoints and per-site results
     state_dir: str = ""  # simulation: each site's private state under here ("" = OUT_DIR/sites)
+
+
+@dataclass(frozen=True)
+class SiteArgs:
+    """What a site computes besides its share of the federation."""
+
+    stat_models: str = "auto_ets auto_theta"  # statistical alone options (statsforecast); "" = none
+    guard_margin: float = 0.02  # serve federated only if its validation MAE is this much below alone_best's
+    alone_dir: str = ""  # simulation: where sites keep their alone options ("" = each site's state folder)
 
 
 def _kebab(name: str) -> str:
@@ -98,6 +109,7 @@ class Settings:
     train: TrainArgs
     data: DataArgs
     federation: FederationArgs
+    site: SiteArgs
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -106,6 +118,7 @@ class Settings:
             train=read_args(TrainArgs, config),
             data=read_args(DataArgs, config),
             federation=read_args(FederationArgs, config),
+            site=read_args(SiteArgs, config),
         )
 
 

@@ -28,3 +28,10 @@ def forecast_errors(pred: np.ndarray, y: np.ndarray, mask: np.ndarray, scale: np
         "mase": float(scaled.mean()) if scaled.size else float("nan"),
         "smape": float(100.0 * ratio[mask].mean()),
     }
+
+
+def window_mae(pred: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """MAE of each window [N] over its observed targets (NaN for a window with none)."""
+    err = np.where(mask, np.abs(pred.astype(np.float64) - y), 0.0)
+    counts = mask.sum(axis=1)
+    return np.divide(err.sum(axis=1), counts, out=np.full(len(y), np.nan), where=counts > 0)

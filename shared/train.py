@@ -27,9 +27,9 @@ class TrainArgs:
     lr: float = 3e-3  # head learning rate (AdamW)
     encoder_lr_ratio: float = 0.3  # the shared encoder moves slower than the private head
     batch_size: int = 64  # ~27 ms a step on one CPU thread with the default model
-    max_epochs: int = 20  # upper bound; early stopping usually ends a fit sooner
-    patience: int = 3  # epochs without validation improvement before stopping
-    steps_per_epoch: int = 25  # an "epoch" is this many batches, so big and small sites pace alike
+    max_epochs: int = 50  # upper bound; early stopping usually ends a fit sooner
+    patience: int = 5  # epochs without validation improvement before stopping
+    steps_per_epoch: int = 25  # an epoch is one pass over the training windows, at most this many batches
     weight_decay: float = 1e-4  # AdamW
     seed: int = 0  # shuffling and dropout; sites derive theirs from it, the site and the round
 
@@ -84,7 +84,7 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
         model.train()
         if not train_encoder:
             model.encoder.eval()  # frozen features: no dropout noise
-        for _ in range(args.steps_per_epoch):
+        for _ in range(min(args.steps_per_epoch, -(-len(train) // args.batch_size))):
             if cursor >= len(order):
                 order, cursor = torch.randperm(len(train), generator=gen), 0
             idx = order[cursor : cursor + args.batch_size]

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(summary["sites"]))
     gain = statistics.median(r["gain"] for r in summary["sites"])
-    print(f"\nmedian gain over the better alone option: {gain:+.1%}; "
+    served = statistics.median(r["served_gain"] for r in summary["sites"])
+    print(f"\nmedian gain over the best alone option: federated {gain:+.1%}, served {served:+.1%}; "
           f"wall time {time.monotonic() - started:.0f} s; results: {summary_path}")
     return 0
 

@@ -127,7 +127,7 @@ def run_app(run_config: dict, num_supernodes: int, workdir: Path, cpus_per_clien
             "--run-config", str(config_file),
             "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
         ]
-        with open(run_log, "w") as log:
+        with open(run_log, "w", buffering=1) as log:  # line-buffered: readable while it runs
             process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
             try:

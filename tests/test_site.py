@@ -33,14 +33,22 @@ def test_head_after_round_one_is_the_head_round_two_starts_with(tiny_settings, t
     assert not torch.equal(restored.head.mix, Forecaster(args).head.mix)
 
 
-def test_evaluation_reports_federated_next_to_alone_options(tiny_settings, tmp_path):
+def test_evaluation_reports_federated_next_to_every_alone_option(tiny_settings, tmp_path):
     site = _site(tiny_settings, tmp_path)
     args = tiny_settings.model
-    metrics = site.evaluate_round(args, tiny_settings.train, Forecaster(args).encoder.state_dict(), 1)
-    for key in ("test-mae", "val-mae", "simple-test-mae", "simple-val-mae", "local-test-mae", "local-val-mae"):
-        assert metrics[key] > 0
+    metrics, info = site.evaluate_round(args, tiny_settings.train, Forecaster(args).encoder.state_dict(), 1)
+    arms = ("naive", "seasonal_naive_24", "auto_ets", "auto_theta", "local_only", "alone_best", "federated", "served")
+    for arm in arms:
+        assert metrics[f"{arm}:val-mae"] > 0 and metrics[f"{arm}:test-mae"] > 0
     alone = json.loads((site.state_dir / "alone.json").read_text())
-    assert alone["local"]["test"]["mae"] == metrics["local-test-mae"]
+    assert info["alone-choice"] == alone["best"]
+    # alone_best is the option with the lowest validation MAE, and its numbers are that option's
+    best = min(arms[:5], key=lambda a: metrics[f"{a}:val-mae"])
+    assert alone["best"] == best and metrics["alone_best:test-mae"] == metrics[f"{best}:test-mae"]
+    served = "federated" if info["serve"] == "federated" else "alone_best"
+    assert metrics["served:test-mae"] == metrics[f"{served}:test-mae"]
+    guard = json.loads((site.state_dir / "guard.json").read_text())
+    assert guard["serve"] == info["serve"] and guard["alone_choice"] == best
     assert (site.state_dir / "local_only.pt").exists()
 
 

@@ -70,10 +70,13 @@ def test_evaluation_only_when_due(tmp_path):
     assert strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid=None) == []
 
 
-def test_site_table_picks_the_alone_option_on_validation():
-    row = {"round": 2, "phase": "evaluate", "site": "s", "simple-lag": 24.0, "test-mae": 8.0,
-           "simple-val-mae": 9.0, "simple-test-mae": 5.0, "local-val-mae": 10.0, "local-test-mae": 4.0}
-    (table_row,) = site_table([{**row, "round": 1, "test-mae": 99.0}, row])
-    # simple wins on validation (9 < 10), so the gain is against its test MAE, though local did better on test
-    assert table_row["alone"] == "seasonal_naive_24" and table_row["round"] == 2
-    assert table_row["gain"] == pytest.approx(1 - 8.0 / 5.0)
+def test_site_table_uses_the_latest_evaluation_and_validation_choices():
+    row = {"round": 2, "phase": "evaluate", "site": "s", "alone-choice": "auto_ets", "serve": "alone_best",
+           "naive:val-mae": 9.0, "naive:test-mae": 3.0, "seasonal_naive_24:val-mae": 8.0,
+           "seasonal_naive_24:test-mae": 6.0, "local_only:test-mae": 4.0, "alone_best:test-mae": 5.0,
+           "federated:test-mae": 8.0, "served:test-mae": 5.0}
+    (table_row,) = site_table([{**row, "round": 1, "federated:test-mae": 99.0}, row])
+    assert table_row["round"] == 2
+    # the best simple forecast is picked on validation (8 < 9), though naive did better on test
+    assert table_row["simple"] == "seasonal_naive_24" and table_row["simple_mae"] == 6.0
+    assert table_row["gain"] == pytest.approx(1 - 8.0 / 5.0) and table_row["served_gain"] == 0.0
