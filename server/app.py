@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,32 +17,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from shared.results import site_table
 from server.strategy import EncoderFedAvg
-from shared.checkpoint import load_model, write_json
+from shared.checkpoint import write_json
 from shared.config import Settings, to_config
-from shared.model import Forecaster, count_parameters, state_bytes
-from shared.pretrain import cached_pretrain
+from shared.model import count_parameters, state_bytes
+from shared.pretrain import initial_model
 
 app = ServerApp()
-
-
-def initial_model(settings: Settings) -> tuple[Forecaster, dict]:
-    """The encoder to start from: the configured checkpoint, or one pretrained (and cached) now."""
-    fed = settings.federation
-    if fed.init == "random":
-        return Forecaster(settings.model), {"source": "random", "seed": fed.seed}
-    if fed.init != "pretrained":
-        raise ValueError(f"init must be 'pretrained' or 'random', not {fed.init!r}")
-    if fed.pretrained_path:
-        model, meta = load_model(fed.pretrained_path)
-        wanted = (settings.model.lookback, settings.model.horizon)
-        if (model.args.lookback, model.args.horizon) != wanted:
-            raise ValueError(f"{fed.pretrained_path}: made for lookback {model.args.lookback}, horizon "
-                             f"{model.args.horizon}; the run config asks for {wanted[0]}, {wanted[1]}")
-        return model, {"source": fed.pretrained_path, **meta}
-    pretrain_args = replace(settings.train, max_epochs=fed.pretrain_epochs, seed=fed.seed)
-    model, meta, path = cached_pretrain(fed.cache_dir, settings.model, pretrain_args,
-                                        fed.corpus_series, fed.corpus_length, fed.seed)
-    return model, {"source": str(path), **meta}
 
 
 @app.main()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from shared.checkpoint import load_model, save_model
+from shared.config import Settings
 from shared.data import Splits, Windows, read_long, regularize
 from shared.model import Forecaster, ModelArgs
 from shared.synthetic import kernel_synth
@@ -84,3 +87,24 @@ def cached_pretrain(cache_dir: str | Path, args: ModelArgs, train: TrainArgs, n_
     model, meta = pretrain(args, train, n_series, length, seed, public_path)
     save_model(path, model, meta)
     return model, meta, path
+
+
+def initial_model(settings: Settings) -> tuple[Forecaster, dict]:
+    """The encoder to start from: the configured checkpoint, or one pretrained (and cached) now."""
+    fed = settings.federation
+    if fed.init == "random":
+        torch.manual_seed(fed.seed)
+        return Forecaster(settings.model), {"source": "random", "seed": fed.seed}
+    if fed.init != "pretrained":
+        raise ValueError(f"init must be 'pretrained' or 'random', not {fed.init!r}")
+    if fed.pretrained_path:
+        model, meta = load_model(fed.pretrained_path)
+        wanted = (settings.model.lookback, settings.model.horizon)
+        if (model.args.lookback, model.args.horizon) != wanted:
+            raise ValueError(f"{fed.pretrained_path}: made for lookback {model.args.lookback}, horizon "
+                             f"{model.args.horizon}; the run config asks for {wanted[0]}, {wanted[1]}")
+        return model, {"source": fed.pretrained_path, **meta}
+    pretrain_args = replace(settings.train, max_epochs=fed.pretrain_epochs, seed=fed.seed)
+    model, meta, path = cached_pretrain(fed.cache_dir, settings.model, pretrain_args,
+                                        fed.corpus_series, fed.corpus_length, fed.seed)
+    return model, {"source": str(path), **meta}

@@ -22,7 +22,7 @@ import pandas as pd
 from shared.data import Windows
 
 STAT_MODELS = ("auto_ets", "auto_theta")  # names used in reports; fast enough for every benchmark
-SLOW_MODELS = ("auto_arima",)  # supported, but about 10x slower to fit (see the module's report)
+SLOW_MODELS = ("auto_arima",)  # supported, but its fits take seconds to a minute per series
 
 
 @dataclass(frozen=True)
@@ -57,17 +57,17 @@ def fit_model(model: str, y_train: np.ndarray, season: int):
         raise ValueError(f"{len(y_train)} training points are too few for {model}: {e}") from e
 
 
-def _describe(fitted) -> str:
+def _describe(model: str, fitted) -> str:
     """Short name of the form an automatic model selected."""
     from statsforecast.arima import arima_string
 
     params = fitted.model_
-    if "method" in params:  # ETS, e.g. 'ETS(A,Ad,N)'
+    if model == "auto_ets":  # e.g. 'ETS(A,Ad,N)'
         return str(params["method"])
-    if "modeltype" in params:  # Theta: STM, OTM, DSTM or DOTM, plus its seasonal decomposition
-        return str(params["modeltype"]) + (f" ({params['decomposition_type']} seasonal)"
-                                           if params.get("decompose") else "")
-    return arima_string(params)
+    if model == "auto_theta":  # STM, OTM, DSTM or DOTM, and its seasonal decomposition if any
+        seasonal = f" ({params['decomposition_type']} seasonal)" if params.get("decompose") else ""
+        return str(params["modeltype"]) + seasonal
+    return arima_string(params).strip()  # e.g. 'ARIMA(1,0,0)(0,1,1)[7]'
 
 
 def statistical_predictions(frame: pd.DataFrame, windows: Windows, n_train: dict[str, int], horizon: int,
@@ -112,7 +112,7 @@ def statistical_predictions(frame: pd.DataFrame, windows: Windows, n_train: dict
             fitted = fit_model(model, y[:n], used)
         except ValueError as e:
             raise ValueError(f"series {uid}: {e}") from e
-        chosen[str(uid)] = _describe(fitted)
+        chosen[str(uid)] = _describe(model, fitted)
         for row, t in zip(idx, pos):
             pred[row] = fitted.forward(y=y[:t], h=horizon)["mean"]
     return StatForecasts(pred, chosen, tuple(fallback))

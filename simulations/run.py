@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     run_config, sites = plan(args.data, args.site_column, parse_overrides(args.set))
     run_config.setdefault("cache-dir", str(APP_DIR / ".cache"))
     run_config["out-dir"] = str(out)
+    run_config.setdefault("min-train-nodes", len(sites))  # every site takes part in every round
     print(f"{len(sites)} sites; output in {out}", flush=True)
 
     started = time.monotonic()

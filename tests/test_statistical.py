@@ -22,7 +22,8 @@ def daily_frame(series: dict[str, np.ndarray]) -> pd.DataFrame:
     return frame
 
 
-def seasonal(n: int, level: float = 50.0, amplitude: float = 10.0, noise: float = 0.5, seed: int = 0) -> np.ndarray:
+def seasonal(n: int, level: float = 50.0, amplitude: float = 10.0, noise: float = 0.5, seed: int = 0):
+    """Weekly sine around level with Gaussian noise."""
     rng = np.random.default_rng(seed)
     t = np.arange(n)
     return level + amplitude * np.sin(2 * np.pi * t / SEASON) + noise * rng.standard_normal(n)
@@ -117,7 +118,8 @@ def test_training_values_change_the_fit(model):
     frame, frame_changed = daily_frame({"a": y}), daily_frame({"a": changed})
     val = splits_of(frame).val
     n = frame_n_train(frame, 28, 28)["a"]
-    before, after = fitted_params(fit_model(model, y[:n], SEASON)), fitted_params(fit_model(model, changed[:n], SEASON))
+    before = fitted_params(fit_model(model, y[:n], SEASON))
+    after = fitted_params(fit_model(model, changed[:n], SEASON))
     assert not np.allclose(before, after, equal_nan=True)
     assert not np.allclose(predict(frame, val, model).pred[0], predict(frame_changed, val, model).pred[0])
 

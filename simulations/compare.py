@@ -1,0 +1,260 @@
+"""Backtest every way a site could forecast, per site, over several cutoffs and history lengths.
+
+    python -m simulations.compare --data PATH --out DIR [--history 720] [--cutoffs 4] [--rounds 5] ...
+
+For each history length and cutoff, every site keeps `history` points before the cutoff (training
+then validation) and is tested on rolling origins in the `test-size` points after it. Arms:
+naive and seasonal naive, AutoETS and AutoTheta, local_only, alone_best (the best of those on
+validation), pretrained_zero_shot, pretrained_only, pooled_oracle (pools private data), and the
+federated arms run through Flower's simulation engine: federated (the product), federated_scratch
+(random encoder), fedavg_global (whole model federated) and served (what each site's guard serves).
+Writes DIR/report.json, per_site.csv, report.md and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from client.site import Site, model_scores, round_seed
+from shared.config import Settings, frequency_defaults, parse_overrides
+from shared.data import Splits, Windows, seasons
+from shared.pretrain import initial_model
+from shared.sites import read_sites
+from shared.train import fine_tune
+from simulations.report import write_report
+from simulations.runner import APP_DIR, run_app
+
+FEDERATED_ARMS = {  # arm -> run-config overrides of the same App
+    "federated": {},
+    "federated_scratch": {"init": "random"},
+    "fedavg_global": {"exchange": "model"},
+}
+METRICS = ("mae", "rmse", "mase", "smape")
+
+
+def log(message: str, started: float) -> None:
+    print(f"[{time.monotonic() - started:7.0f} s] {message}", flush=True)
+
+
+def cutoff_times(frame: pd.DataFrame, history: int, test_size: int, cutoffs: int, spacing: int) -> list[pd.Timestamp]:
+    """First test timestamps, latest first: the last fits `test_size` points before the data ends,
+    each earlier one `spacing` points before the next; every one leaves `history` points before it."""
+    offset = pd.tseries.frequencies.to_offset(frame.attrs["freq"])
+    end = frame.groupby("unique_id")["ds"].max().min()
+    start = frame.groupby("unique_id")["ds"].min().max()
+    times = [end - (test_size - 1 + k * spacing) * offset for k in range(cutoffs)]
+    usable = [t for t in times if t - history * offset >= start]
+    if not usable:
+        raise SystemExit(f"no cutoff leaves {history} points of history before it and {test_size} after")
+    return usable
+
+
+def window_slice(frame: pd.DataFrame, cutoff: pd.Timestamp, history: int, test_size: int) -> pd.DataFrame:
+    offset = pd.tseries.frequencies.to_offset(frame.attrs["freq"])
+    lo, hi = cutoff - history * offset, cutoff + (test_size - 1) * offset
+    part = frame[(frame["ds"] >= lo) & (frame["ds"] <= hi)].reset_index(drop=True)
+    part.attrs = dict(frame.attrs)
+    return part
+
+
+def in_process_arms(settings: Settings, sites: list[Site], pretrained) -> dict[str, dict[str, dict]]:
+    """pretrained_zero_shot, pretrained_only and pooled_oracle per site: {arm: {site: scores}}."""
+    args, train = settings.model, settings.train
+    splits = {site.name: site.splits(args) for site in sites}
+    out: dict[str, dict[str, dict]] = {"pretrained_zero_shot": {}, "pretrained_only": {}, "pooled_oracle": {}}
+    for site in sites:
+        out["pretrained_zero_shot"][site.name] = model_scores(pretrained, splits[site.name])
+        model = copy.deepcopy(pretrained)
+        fine_tune(model, splits[site.name], replace(train, seed=round_seed(train.seed, site.name, -1)))
+        out["pretrained_only"][site.name] = model_scores(model, splits[site.name])
+    pooled = Splits(*(Windows.concat([getattr(s, part) for s in splits.values()], args.lookback, args.horizon)
+                      for part in ("train", "val", "test")))
+    oracle = copy.deepcopy(pretrained)
+    fine_tune(oracle, pooled, train)  # one model on every site's data: what pooling would give
+    for site in sites:
+        model = copy.deepcopy(oracle)
+        fine_tune(model, splits[site.name], replace(train, seed=round_seed(train.seed, site.name, -2)))
+        out["pooled_oracle"][site.name] = model_scores(model, splits[site.name])
+    return out
+
+
+def federated_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(last evaluation row per site, train rows) of a finished run."""
+    rows = json.loads((out_dir / "per_site.json").read_text())
+    last = {}
+    for row in rows:
+        if row["phase"] == "evaluate" and "error" not in row:
+            last[row["site"]] = row
+    missing = [r["site"] for r in rows if "error" in r]
+    if missing:
+        raise RuntimeError(f"{out_dir}: sites failed: {sorted(set(missing))}")
+    return list(last.values()), [r for r in rows if r["phase"] == "train"]
+
+
+def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: list[str], started: float,
+               stream) -> tuple[list[dict], list[dict], list[dict], dict[str, float]]:
+    """Every arm on one data slice: (result rows, guard rows, round rows, wall seconds per arm)."""
+    work.mkdir(parents=True, exist_ok=True)
+    data_path = work / "data.parquet"
+    part.to_parquet(data_path)
+    n_sites = part["site"].nunique()
+    base = {**settings_config, "data-path": str(data_path), "alone-dir": str(work / "alone")}
+    settings = Settings.from_config(base)
+    results, guards, rounds, seconds = [], [], [], {}
+    for arm in [a for a in FEDERATED_ARMS if a in arms]:
+        t0 = time.monotonic()
+        out = work / arm
+        run_app({**base, **FEDERATED_ARMS[arm], "out-dir": str(out)}, n_sites, out / "flower", stream_to=stream)
+        last, train_rows = federated_rows(out)
+        seconds[arm] = time.monotonic() - t0
+        log(f"  {arm}: {seconds[arm]:.0f} s", started)
+        rounds += [{"arm": arm, "round": r["round"], "site": r["site"], "val_mae": r["val-mae"]} for r in train_rows]
+        for row in last:
+            names = ["federated"] if arm != "federated" else sorted({k.split(":")[0] for k in row if ":test-" in k})
+            for name in names:
+                label = arm if name == "federated" else name
+                results.append({"site": row["site"], "arm": label,
+                                **{m: row[f"{name}:test-{m}"] for m in METRICS}})
+            if arm == "federated":
+                guards.append({"site": row["site"], "serve": row["serve"], "alone_choice": row["alone-choice"],
+                               "val_mae_federated": row["federated:val-mae"],
+                               "val_mae_alone": row["alone_best:val-mae"],
+                               "val_win_share": row["guard:val-win-share"], "margin": settings.site.guard_margin})
+    local = [a for a in ("pretrained_zero_shot", "pretrained_only", "pooled_oracle") if a in arms]
+    if local:
+        t0 = time.monotonic()
+        torch.set_num_threads(1)
+        pretrained, _ = initial_model(settings)
+        sites = [Site.open(name, g.reset_index(drop=True).pipe(_with_attrs, part.attrs), work / "inproc" / name,
+                           settings.data, settings.site) for name, g in part.groupby("site", sort=True)]
+        for arm, per_site in in_process_arms(settings, sites, pretrained).items():
+            if arm in local:
+                results += [{"site": s, "arm": arm, **{m: v["test"][m] for m in METRICS}} for s, v in per_site.items()]
+        seconds["in_process"] = time.monotonic() - t0
+        log(f"  pretrained_zero_shot, pretrained_only, pooled_oracle: {seconds['in_process']:.0f} s", started)
+    return results, guards, rounds, seconds
+
+
+def _with_attrs(frame: pd.DataFrame, attrs: dict) -> pd.DataFrame:
+    frame.attrs = dict(attrs)
+    return frame
+
+
+def summarize(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Skills per cutoff, then per-site averages over cutoffs and the per-arm summary."""
+    frame = pd.DataFrame(rows)
+    key = ["history", "cutoff", "site"]
+    alone = frame[frame["arm"] == "alone_best"].set_index(key)["mae"]
+    local = frame[frame["arm"] == "local_only"].set_index(key)["mae"]
+    index = pd.MultiIndex.from_frame(frame[key])
+    frame["skill_vs_alone"] = 1.0 - frame["mae"].to_numpy() / alone.reindex(index).to_numpy()
+    frame["gain_vs_local"] = 1.0 - frame["mae"].to_numpy() / local.reindex(index).to_numpy()
+    values = list(METRICS) + ["skill_vs_alone", "gain_vs_local"]
+    per_site = frame.groupby(["site", "arm", "history"], sort=True)[values].mean().reset_index()
+    per_site["cutoffs"] = frame.groupby(["site", "arm", "history"], sort=True).size().to_numpy()
+    summary = []
+    for (arm, history), g in per_site.groupby(["arm", "history"], sort=True):
+        skill = g["skill_vs_alone"].to_numpy()
+        summary.append({"arm": arm, "history": int(history), "median_skill": float(np.median(skill)),
+                        "mean_skill": float(skill.mean()), "share_better": float((skill > 0).mean()),
+                        "share_worse": float((skill < 0).mean()), "worst_skill": float(skill.min()),
+                        "sites": int(len(g))})
+    return per_site.to_dict("records"), summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="", help="long-format CSV/Parquet (default: built-in demo sites)")
+    parser.add_argument("--out", required=True, help="report folder (must be empty or new)")
+    parser.add_argument("--site-column", default="site")
+    parser.add_argument("--history", default="", help="points before each cutoff a site may use; a list "
+                        "(e.g. 240,720) gives a curve (default: lookback + 4 validation spans)")
+    parser.add_argument("--val-size", type=int, help="validation points at the end of the history")
+    parser.add_argument("--lookback", type=int)
+    parser.add_argument("--horizon", type=int)
+    parser.add_argument("--test-size", type=int, help="points after each cutoff where test origins lie")
+    parser.add_argument("--stride", type=int, help="points between validation/test origins")
+    parser.add_argument("--cutoffs", type=int, default=3, help="backtest cutoffs (each a full repetition)")
+    parser.add_argument("--spacing", type=int, help="points between cutoffs (default: test-size)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-sites", type=int, help="use the first N sites (sorted by name)")
+    parser.add_argument("--arms", default="all", help="comma-separated subset of the learned arms, or all")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
+    parser.add_argument("--verbose", action="store_true", help="stream Flower's logs")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty")
+
+    base = {"data-path": str(Path(args.data).resolve()) if args.data else "", "site-column": args.site_column}
+    frame = read_sites(Settings.from_config(base).data)
+    if args.max_sites:
+        keep = sorted(frame["site"].unique())[: args.max_sites]
+        frame = _with_attrs(frame[frame["site"].isin(keep)].reset_index(drop=True), frame.attrs)
+    freq = frame.attrs["freq"]
+    defaults = frequency_defaults(seasons(freq))
+    chosen = {"lookback": args.lookback, "horizon": args.horizon, "val-size": args.val_size,
+              "test-size": args.test_size, "stride": args.stride}
+    config = {**defaults, **{k: v for k, v in chosen.items() if v is not None}}
+    config |= {"num-server-rounds": args.rounds, "seed": args.seed, "cache-dir": str(APP_DIR / ".cache"),
+               "site-column": "site", "min-train-nodes": frame["site"].nunique()} | parse_overrides(args.set)
+    histories = [int(h) for h in args.history.split(",")] if args.history else \
+        [int(config["lookback"]) + 4 * int(config["val-size"])]
+    spacing = args.spacing or int(config["test-size"])
+    arms = list(FEDERATED_ARMS) + ["pretrained_zero_shot", "pretrained_only", "pooled_oracle"] \
+        if args.arms == "all" else args.arms.split(",")
+    log(f"{args.data or 'built-in demo sites'}: frequency {freq}, {frame['site'].nunique()} sites; "
+        f"histories {histories}; settings " + ", ".join(f"{k}={config[k]}" for k in defaults), started)
+
+    rows, guards, rounds, cutoff_rows = [], [], [], []
+    wall: dict[str, float] = {}
+    for history in histories:
+        for index, cutoff in enumerate(cutoff_times(frame, history, int(config["test-size"]), args.cutoffs, spacing)):
+            log(f"history {history}, cutoff {index}: first test point {cutoff}", started)
+            part = window_slice(frame, cutoff, history, int(config["test-size"]))
+            stamp = {"history": history, "cutoff": str(cutoff)}
+            cutoff_rows.append({"index": index, **stamp, "sites": int(part["site"].nunique())})
+            result, guard, round_rows, seconds = run_cutoff(
+                config, part, out / "work" / f"h{history}-c{index}", arms, started,
+                sys.stdout if args.verbose else None)
+            rows += [{**r, **stamp} for r in result]
+            guards += [{**g, **stamp} for g in guard]
+            rounds += [{**r, **stamp} for r in round_rows]
+            for arm, s in seconds.items():
+                wall[arm] = wall.get(arm, 0.0) + s
+
+    per_site, summary = summarize(rows)
+    packages = {p: version(p) for p in ("flwr", "torch", "pandas", "numpy", "statsforecast")}
+    report = {
+        "config": {"data": args.data or "built-in demo sites", "freq": freq, "histories": histories,
+                   "cutoffs": args.cutoffs, "spacing": spacing, "rounds": args.rounds, "seed": args.seed,
+                   "max_sites": args.max_sites, "arms": arms, "run_config": config, "packages": packages,
+                   "python": platform.python_version(), "wall_seconds": wall,
+                   "total_seconds": time.monotonic() - started, "command": " ".join(sys.argv)},
+        "cutoffs": cutoff_rows, "per_site": per_site, "per_cutoff": rows, "summary": summary,
+        "guard": guards, "rounds": rounds,
+    }
+    write_report(report, out)
+    for line in sorted(summary, key=lambda r: (r["history"], -r["median_skill"])):
+        print(f"history {line['history']:>5}  {line['arm']:<22} median skill {line['median_skill']:+7.1%}  "
+              f"better {line['share_better']:5.0%}  worse {line['share_worse']:5.0%}  worst {line['worst_skill']:+7.1%}")
+    log(f"report: {out / 'report.md'}", started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
