@@ -27,7 +27,7 @@ from shared.guard import decide
 from shared.metrics import forecast_errors, window_mae
 from shared.model import Forecaster, ModelArgs
 from shared.statistical import frame_n_train, statistical_predictions
-from shared.train import TrainArgs, evaluate, fine_tune, predict, train_scratch
+from shared.train import TrainArgs, fine_tune, predict, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
 
@@ -172,9 +172,10 @@ class Site:
                                    seasonal_naive(splits.test.x, args.horizon, lag), splits)
         season = season_length(self.frame.attrs["freq"])
         n_train = frame_n_train(self.frame, self.data.val_size, self.data.test_size)
+        both = Windows.concat([splits.val, splits.test], args.lookback, args.horizon)  # one fit per series
         for stat in self.options.stat_models.split():
-            options[stat] = scores(*(statistical_predictions(self.frame, w, n_train, args.horizon, season, stat).pred
-                                     for w in (splits.val, splits.test)), splits)
+            pred = statistical_predictions(self.frame, both, n_train, args.horizon, season, stat).pred
+            options[stat] = scores(pred[: len(splits.val)], pred[len(splits.val):], splits)
         model, lr = self._local_only(args, train, splits)
         save_model(self.alone_dir / "local_only.pt", model, {"lr": lr})
         options["local_only"] = model_scores(model, splits)

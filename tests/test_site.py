@@ -71,3 +71,32 @@ def test_select_site(tiny_settings):
         select_site(frame, "f", name="x")
     with pytest.raises(DataError, match="say which one"):
         select_site(frame, "f")
+
+
+def test_guard_falls_back_when_the_federated_model_is_clearly_worse(tiny_settings, tmp_path):
+    """A site handed a broken global model (its forecasts shifted far off) keeps its best alone option."""
+    site = _site(tiny_settings, tmp_path)
+    args = tiny_settings.model
+    broken = Forecaster(args)
+    torch.nn.init.constant_(broken.head.correction.bias, 25.0)  # 25 window standard deviations too high
+    metrics, info = site.evaluate_round(args, tiny_settings.train, broken.state_dict(), 1, exchange="model")
+    assert metrics["federated:val-mae"] > 2 * metrics["alone_best:val-mae"]
+    assert info["serve"] == "alone_best"
+    assert metrics["served:test-mae"] == metrics["alone_best:test-mae"]
+    assert json.loads((site.state_dir / "guard.json").read_text())["serve"] == "alone_best"
+
+
+def test_guard_serves_a_federated_model_that_is_clearly_better(tiny_settings, tmp_path):
+    """The same site handed a model that knows its future (trained on its test period) serves it."""
+    site = _site(tiny_settings, tmp_path)
+    args, splits = tiny_settings.model, site.splits(tiny_settings.model)
+    from shared.data import Splits
+    from shared.train import train_scratch
+
+    oracle = Forecaster(args)
+    cheat = Splits(train=splits.val, val=splits.val, test=splits.test)  # fitted on validation itself
+    train_scratch(oracle, cheat, tiny_settings.train.__class__(max_epochs=30, steps_per_epoch=20, lr=0.01))
+    metrics, info = site.evaluate_round(args, tiny_settings.train, oracle.state_dict(), 1, exchange="model")
+    assert metrics["federated:val-mae"] < 0.9 * metrics["alone_best:val-mae"]
+    assert info["serve"] == "federated"
+    assert metrics["served:test-mae"] == metrics["federated:test-mae"]

@@ -1,0 +1,52 @@
+"""The comparison end to end on tiny generated data: every arm, every site, valid numbers."""
+
+import json
+import math
+
+import pytest
+
+from shared.synthetic import demo_sites
+from simulations.compare import main
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.flower
+
+ARMS = {"naive", "seasonal_naive_24", "auto_ets", "auto_theta", "local_only", "alone_best",
+        "pretrained_zero_shot", "pretrained_only", "fedavg_global", "federated", "federated_scratch",
+        "pooled_oracle", "served"}
+MODEL_KEYS = ("lags", "patch-len", "patch-stride", "d-model", "n-heads", "n-layers", "d-ff", "corpus-series",
+              "corpus-length", "pretrain-epochs", "max-epochs", "steps-per-epoch", "batch-size")
+
+
+def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
+    data = tmp_path / "sites.csv"
+    demo_sites(n_sites=3, length=24 * 30, seed=1).to_csv(data, index=False)
+    argv = ["--data", str(data), "--out", str(tmp_path / "report"), "--history", "216", "--cutoffs", "2",
+            "--rounds", "2", "--lookback", "48", "--horizon", "12", "--val-size", "48", "--test-size", "48",
+            "--stride", "12", "--set", f"cache-dir={tmp_path / 'cache'}"]
+    for key in MODEL_KEYS:
+        argv += ["--set", f"{key}={TINY[key]}"]
+    assert main(argv) == 0
+
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(report["cutoffs"]) == 2
+    per_site = report["per_site"]
+    assert {r["arm"] for r in per_site} == ARMS
+    assert {r["site"] for r in per_site} == {"site00", "site01", "site02"}
+    assert len(per_site) == len(ARMS) * 3 and all(r["cutoffs"] == 2 for r in per_site)
+    for row in per_site:
+        for key in ("mae", "rmse", "mase", "smape", "skill_vs_alone", "gain_vs_local"):
+            assert row[key] is not None and math.isfinite(row[key]), (row["arm"], key)
+        assert row["mae"] > 0
+    alone = [r for r in per_site if r["arm"] == "alone_best"]
+    assert all(abs(r["skill_vs_alone"]) < 1e-12 for r in alone)
+    # served is federated or alone_best for each site and cutoff, as the guard decided
+    by_key = {(r["site"], r["cutoff"], r["arm"]): r["mae"] for r in report["per_cutoff"]}
+    for g in report["guard"]:
+        chosen = "federated" if g["serve"] == "federated" else "alone_best"
+        assert by_key[(g["site"], g["cutoff"], "served")] == by_key[(g["site"], g["cutoff"], chosen)]
+    assert len(report["guard"]) == 3 * 2
+    assert {r["round"] for r in report["rounds"]} == {1, 2}
+    assert {s["arm"] for s in report["summary"]} == ARMS
+    for name in ("per_site.csv", "report.md", "skill_by_site.png", "skill_distribution.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
