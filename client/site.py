@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from shared.baselines import seasonal_naive
+from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import load_encoder, load_model, save_model, write_json
 from shared.config import DataArgs, SiteArgs
 from shared.data import GapReport, Splits, Windows, make_splits, regularize, season_length
@@ -27,7 +27,7 @@ from shared.guard import decide
 from shared.metrics import forecast_errors, window_mae
 from shared.model import Forecaster, ModelArgs
 from shared.statistical import frame_n_train, statistical_predictions
-from shared.train import TrainArgs, fine_tune, predict, train_scratch
+from shared.train import TrainArgs, anchor_head, fine_tune, predict, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
 
@@ -83,10 +83,12 @@ class Site:
     def alone_dir(self) -> Path:
         return Path(self.options.alone_dir) / self.name if self.options.alone_dir else self.state_dir
 
-    def restore(self, args: ModelArgs, received: dict[str, torch.Tensor], exchange: str = "encoder") -> Forecaster:
-        """The received weights with this site's head from its last round (a fresh head at first).
+    def restore(self, args: ModelArgs, received: dict[str, torch.Tensor], exchange: str = "encoder",
+                train_windows: Windows | None = None) -> Forecaster:
+        """The received weights with this site's head from its last round.
 
-        exchange "encoder": `received` is the encoder, the head is the site's own.
+        exchange "encoder": `received` is the encoder, the head is the site's own; the first time,
+        a fresh head anchored on the best simple forecast of `train_windows`.
         exchange "model": `received` is the whole model (no private head; a comparison arm).
         """
         model = Forecaster(args)
@@ -99,6 +101,8 @@ class Site:
                 raise ValueError(f"{self.model_path}: holds a model for other arguments "
                                  f"({previous.args}); move it away to start this site afresh")
             model.head.load_state_dict(previous.head.state_dict())
+        else:
+            anchor_head(model, train_windows if train_windows is not None else self.splits(args).train)
         load_encoder(model, received)
         return model
 
@@ -110,7 +114,7 @@ class Site:
         exchange "model": train every weight of the received model and send them all.
         """
         splits = self.splits(args)
-        model = self.restore(args, received, exchange)
+        model = self.restore(args, received, exchange, splits.train)
         seeded = _with_seed(train, round_seed(train.seed, self.name, server_round))
         if exchange == "model":
             fit = train_scratch(model, splits, seeded)
@@ -132,7 +136,7 @@ class Site:
         Returns (metrics per arm, {"alone-choice", "serve"}).
         """
         splits = self.splits(args)
-        model = self.restore(args, received, exchange)
+        model = self.restore(args, received, exchange, splits.train)
         if exchange == "encoder":
             fine_tune(model, splits, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
             save_model(self.model_path, model, {"round": server_round, "phase": "evaluate"})
@@ -167,8 +171,7 @@ class Site:
                 return cached
         options = {}
         for lag in args.lags:
-            name = "naive" if lag == 1 else f"seasonal_naive_{lag}"
-            options[name] = scores(seasonal_naive(splits.val.x, args.horizon, lag),
+            options[simple_name(lag)] = scores(seasonal_naive(splits.val.x, args.horizon, lag),
                                    seasonal_naive(splits.test.x, args.horizon, lag), splits)
         season = season_length(self.frame.attrs["freq"])
         n_train = frame_n_train(self.frame, self.data.val_size, self.data.test_size)
@@ -191,6 +194,7 @@ class Site:
         for lr in LOCAL_ONLY_LRS:
             torch.manual_seed(seed)
             model = Forecaster(args)
+            anchor_head(model, splits.train)
             fit = train_scratch(model, splits, _with_seed(train, seed, lr=lr))
             fits.append((fit.best_val_mae, lr, model))
         _, lr, model = min(fits, key=lambda f: (f[0], f[1]))

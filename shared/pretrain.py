@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.data import Splits, Windows, read_long, regularize
 from shared.model import Forecaster, ModelArgs
 from shared.synthetic import kernel_synth
-from shared.train import TrainArgs, train_scratch
+from shared.train import TrainArgs, anchor_head, train_scratch
 
 VAL_SHARE = 0.1  # share of corpus series held out (whole series) for early stopping
 
@@ -60,6 +60,7 @@ def pretrain(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed
     val_set = series_windows([series[i] for i in order[:n_val]], args.lookback, args.horizon, windows_per_series, seed + 1)
     splits = Splits(train=train_set, val=val_set, test=val_set)  # no test: pretraining picks nothing on it
     model = Forecaster(args)
+    anchor_head(model, train_set)
     result = train_scratch(model, splits, train)
     meta = {
         "corpus": {"generator": "kernel_synth", "n_series": n_series, "length": length, "seed": seed,

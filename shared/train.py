@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from shared.baselines import seasonal_naive
 from shared.data import Splits, Windows
 from shared.metrics import forecast_errors
 from shared.model import Forecaster
@@ -29,7 +30,8 @@ class TrainArgs:
     batch_size: int = 64  # ~27 ms a step on one CPU thread with the default model
     max_epochs: int = 50  # upper bound; early stopping usually ends a fit sooner
     patience: int = 5  # epochs without validation improvement before stopping
-    steps_per_epoch: int = 25  # an epoch is one pass over the training windows, at most this many batches
+    steps_per_epoch: int = 25  # an "epoch" is this many batches (cycling through the windows): small sites
+    # get as many steps as big ones before early stopping can end a fit
     weight_decay: float = 1e-4  # AdamW
     seed: int = 0  # shuffling and dropout; sites derive theirs from it, the site and the round
 
@@ -84,7 +86,7 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
         model.train()
         if not train_encoder:
             model.encoder.eval()  # frozen features: no dropout noise
-        for _ in range(min(args.steps_per_epoch, -(-len(train) // args.batch_size))):
+        for _ in range(args.steps_per_epoch):
             if cursor >= len(order):
                 order, cursor = torch.randperm(len(train), generator=gen), 0
             idx = order[cursor : cursor + args.batch_size]
@@ -104,6 +106,25 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+def anchor_head(model: Forecaster, windows: Windows, weight: float = 0.9) -> str:
+    """Point a fresh head's mix at the simple forecast (naive or seasonal naive) with the lowest
+    MAE on `windows` (training windows: no validation data is used), giving it `weight`.
+
+    The head then starts as the best simple forecast the site's own history supports and learns a
+    correction to it; early stopping keeps it there when no correction helps. Returns the lag name.
+    """
+    errors = [forecast_errors(seasonal_naive(windows.x, model.args.horizon, lag), windows.y, windows.mask,
+                              windows.scale)["mae"] for lag in model.args.lags]
+    best = int(np.argmin(errors))
+    k = len(errors)
+    logits = torch.zeros_like(model.head.mix)
+    if k > 1:
+        logits[best] = float(np.log(weight * (k - 1) / (1 - weight)))
+    with torch.no_grad():
+        model.head.mix.copy_(logits)
+    return f"lag {model.args.lags[best]}"
 
 
 def _set_encoder_trainable(model: Forecaster, trainable: bool) -> None:

@@ -32,9 +32,10 @@ from shared.config import Settings, frequency_defaults, parse_overrides
 from shared.data import Splits, Windows, seasons
 from shared.pretrain import initial_model
 from shared.sites import read_sites
-from shared.train import fine_tune
+from shared.model import Forecaster
+from shared.train import anchor_head, fine_tune
 from simulations.report import write_report
-from simulations.runner import APP_DIR, run_app
+from simulations.runner import APP_DIR, exit_on_sigterm, run_app
 
 FEDERATED_ARMS = {  # arm -> run-config overrides of the same App
     "federated": {},
@@ -69,6 +70,14 @@ def window_slice(frame: pd.DataFrame, cutoff: pd.Timestamp, history: int, test_s
     return part
 
 
+def fresh_head(pretrained: Forecaster, train_windows: Windows) -> Forecaster:
+    """The pretrained encoder with a fresh head anchored on these windows' best simple forecast."""
+    model = Forecaster(pretrained.args)
+    model.encoder.load_state_dict(pretrained.encoder.state_dict())
+    anchor_head(model, train_windows)
+    return model
+
+
 def in_process_arms(settings: Settings, sites: list[Site], pretrained) -> dict[str, dict[str, dict]]:
     """pretrained_zero_shot, pretrained_only and pooled_oracle per site: {arm: {site: scores}}."""
     args, train = settings.model, settings.train
@@ -76,12 +85,12 @@ def in_process_arms(settings: Settings, sites: list[Site], pretrained) -> dict[s
     out: dict[str, dict[str, dict]] = {"pretrained_zero_shot": {}, "pretrained_only": {}, "pooled_oracle": {}}
     for site in sites:
         out["pretrained_zero_shot"][site.name] = model_scores(pretrained, splits[site.name])
-        model = copy.deepcopy(pretrained)
+        model = fresh_head(pretrained, splits[site.name].train)  # as a federated site starts
         fine_tune(model, splits[site.name], replace(train, seed=round_seed(train.seed, site.name, -1)))
         out["pretrained_only"][site.name] = model_scores(model, splits[site.name])
     pooled = Splits(*(Windows.concat([getattr(s, part) for s in splits.values()], args.lookback, args.horizon)
                       for part in ("train", "val", "test")))
-    oracle = copy.deepcopy(pretrained)
+    oracle = fresh_head(pretrained, pooled.train)
     fine_tune(oracle, pooled, train)  # one model on every site's data: what pooling would give
     for site in sites:
         model = copy.deepcopy(oracle)
@@ -195,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
     parser.add_argument("--verbose", action="store_true", help="stream Flower's logs")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     started = time.monotonic()
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()):

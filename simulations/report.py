@@ -32,7 +32,8 @@ LEGEND = {
     "fedavg_global": "the FedAvg global model, not personalised to the site",
     "federated": "federated encoder (from the pretrained one) with the site's private head, personalised",
     "federated_scratch": "as federated, but the encoder starts from random weights (no pretraining)",
-    "pooled_oracle": "one model trained on every site's data pooled: violates privacy, a reference only",
+    "pooled_oracle": "one model trained on every site's data pooled, then fine-tuned at each site: "
+                     "violates privacy, a reference only",
     "served": "what the guard serves the site: federated or its alone choice, decided on validation MAE",
 }
 _MPL = tuple(int(p) for p in _mpl_version.split(".")[:2])

@@ -21,7 +21,7 @@ from shared.config import DataArgs, frequency_defaults, parse_overrides, read_ar
 from shared.data import seasons
 from shared.results import format_table
 from shared.sites import read_sites
-from simulations.runner import APP_DIR, RunError, run_app
+from simulations.runner import APP_DIR, RunError, exit_on_sigterm, run_app
 
 
 def plan(data_path: str, site_column: str, overrides: dict[str, str]) -> tuple[dict, list[str]]:
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key")
     parser.add_argument("--quiet", action="store_true", help="do not stream Flower's log")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
 
     out = Path(args.out or APP_DIR / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if out.exists() and any(out.iterdir()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,11 @@ FEDERATION = "sim"
 
 class RunError(RuntimeError):
     """A Flower run failed; the message points at its logs."""
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a terminated command still stops what it started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def free_port() -> int:

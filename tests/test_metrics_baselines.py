@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from shared.baselines import best_simple, seasonal_naive
-from shared.data import Splits, Windows
+from shared.baselines import seasonal_naive, simple_name
 from shared.metrics import forecast_errors
 
 
@@ -45,17 +44,5 @@ def test_seasonal_naive_by_hand():
         seasonal_naive(x, 2, 7)
 
 
-def _windows(x, y):
-    n = len(x)
-    return Windows(x=np.asarray(x, float), y=np.asarray(y, float), mask=np.ones((n, len(y[0])), bool),
-                   scale=np.ones(n), series=np.array(["s"] * n, object),
-                   origin=np.full(n, np.datetime64("NaT"), "datetime64[ns]"))
-
-
-def test_best_simple_is_chosen_on_validation_not_test():
-    # validation: a period-2 pattern (lag 2 exact); test: a flat series (naive exact)
-    val = _windows([[1, 2, 1, 2]], [[1, 2]])
-    test = _windows([[5, 5, 5, 6]], [[6, 6]])
-    choice = best_simple(Splits(train=val, val=val, test=test), (1, 2))
-    assert choice.lag == 2 and choice.name == "seasonal_naive_2"
-    assert choice.val["mae"] == 0.0 and choice.test["mae"] == pytest.approx(0.5)
+def test_simple_names():
+    assert simple_name(1) == "naive" and simple_name(24) == "seasonal_naive_24"

@@ -6,7 +6,7 @@ import torch
 
 from shared.data import make_splits, regularize, validate
 from shared.model import Forecaster, ModelArgs
-from shared.train import TrainArgs, evaluate, fine_tune, linear_probe, train_scratch
+from shared.train import TrainArgs, anchor_head, evaluate, fine_tune, linear_probe, train_scratch
 
 ARGS = ModelArgs(lookback=48, horizon=12, patch_len=12, patch_stride=12, d_model=16, n_heads=2, n_layers=1,
                  d_ff=32, lags=(1, 24))
@@ -65,3 +65,16 @@ def test_same_seed_same_weights():
         fine_tune(model, _splits(), FAST)
         runs.append(_state(model))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_anchor_head_starts_from_the_best_simple_forecast_on_training_windows():
+    """On a clean daily cycle the 24-lag forecast is exact: a fresh head points at it with weight 0.9."""
+    model = Forecaster(ARGS)  # lags (1, 24)
+    splits = _splits()
+    assert anchor_head(model, splits.train) == "lag 24"
+    weights = torch.softmax(model.head.mix, dim=0)
+    torch.testing.assert_close(weights[1], torch.full((12,), 0.9))
+    # the forecast is now 0.9 x seasonal naive + 0.1 x naive (the correction is still zero)
+    x = torch.from_numpy(splits.val.x[:1])
+    expected = 0.9 * x[0, 24:36] + 0.1 * x[0, -1]
+    torch.testing.assert_close(model.eval()(x)[0], expected, rtol=1e-4, atol=1e-3)

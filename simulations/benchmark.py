@@ -1,0 +1,49 @@
+"""The comparison on the real multi-site data sets beside the project (`../shared/data`).
+
+    python -m simulations.benchmark beijing [--out DIR] [extra simulations.compare options]
+    python -m simulations.benchmark nn5
+
+Each preset is one `simulations.compare` command (printed before it runs); the report lands in
+`runs/benchmark-<name>/` unless --out says otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from simulations.compare import main as compare
+from simulations.runner import APP_DIR
+
+DATA = APP_DIR.parent / "shared" / "data"
+PRESETS = {
+    # 12 stations, 30 days of hourly history, daily origins over 28-day test periods, 4 cutoffs 90 days apart
+    "beijing": ["--data", str(DATA / "beijing_air" / "pm25_hourly.csv.gz"), "--history", "720",
+                "--lookback", "168", "--horizon", "24", "--val-size", "240", "--test-size", "672",
+                "--stride", "24", "--cutoffs", "4", "--spacing", "2160", "--rounds", "3"],
+    # 111 ATMs, 120 days of daily history, weekly origins over 98-day test periods, 3 cutoffs
+    "nn5": ["--data", str(DATA / "nn5" / "nn5_daily.csv.gz"), "--history", "120", "--lookback", "56",
+            "--horizon", "14", "--val-size", "42", "--test-size", "98", "--stride", "7", "--cutoffs", "3",
+            "--spacing", "98", "--rounds", "3"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in PRESETS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    name, extra = argv[0], argv[1:]
+    data = Path(PRESETS[name][1])
+    if not data.exists():
+        print(f"{data} not found: the benchmarks need ../shared/data beside the project", file=sys.stderr)
+        return 1
+    if "--out" not in extra:
+        extra += ["--out", str(APP_DIR / "runs" / f"benchmark-{name}")]
+    args = PRESETS[name] + extra
+    print("python -m simulations.compare " + " ".join(args), flush=True)
+    return compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
