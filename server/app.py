@@ -32,6 +32,8 @@ def main(grid: Grid, context: Context) -> None:
     random.seed(fed.seed)  # Flower samples nodes with `random`
     torch.manual_seed(fed.seed)
     torch.set_num_threads(1)  # beside the simulation's actors, more threads only contend
+    if fed.exchange not in ("encoder", "model"):
+        raise ValueError(f"exchange must be 'encoder' or 'model', not {fed.exchange!r}")
     out = Path(fed.out_dir)
     started = time.monotonic()
     model, origin = initial_model(settings)
@@ -43,8 +45,6 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_train_nodes,
         min_available_nodes=fed.min_train_nodes,
     )
-    if fed.exchange not in ("encoder", "model"):
-        raise ValueError(f"exchange must be 'encoder' or 'model', not {fed.exchange!r}")
     config = {"model-args": json.dumps(model.args.to_dict())}
     encoder = model.encoder.state_dict()
     shared = encoder if fed.exchange == "encoder" else model.state_dict()

@@ -17,12 +17,16 @@ from shared.model import Forecaster, ModelArgs
 def write_atomic(path: str | Path, write) -> None:
     """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
 
-    A crash leaves either the old file or the new one, never a torn one.
+    A crash leaves either the old file or the new one, never a torn one. The file gets the
+    permissions an ordinary new file would (0666 less the umask); `write` may narrow them first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -18,6 +18,7 @@ from shared.synthetic import kernel_synth
 from shared.train import TrainArgs, anchor_head, train_scratch
 
 VAL_SHARE = 0.1  # share of corpus series held out (whole series) for early stopping
+RECIPE = 2  # part of the cache key: raise it when pretraining code changes what it makes
 
 
 def series_windows(series: list[np.ndarray], lookback: int, horizon: int, per_series: int, seed: int) -> Windows:
@@ -74,7 +75,7 @@ def pretrain(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed
 
 def cache_key(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed: int, public_path: str) -> str:
     """Stable short hash of everything that determines a pretrained checkpoint."""
-    blob = json.dumps([args.to_dict(), train.__dict__, n_series, length, seed, public_path], sort_keys=True)
+    blob = json.dumps([RECIPE, args.to_dict(), train.__dict__, n_series, length, seed, public_path], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -17,6 +17,7 @@ import argparse
 import copy
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 
 from client.site import Site, model_scores, round_seed
+from shared.checkpoint import write_json
 from shared.config import Settings, frequency_defaults, parse_overrides
 from shared.data import Splits, Windows, seasons
 from shared.pretrain import initial_model
@@ -183,6 +185,37 @@ def summarize(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return per_site.to_dict("records"), summary
 
 
+def load_cutoff(work: Path, fingerprint: str) -> dict | None:
+    """A finished cutoff's results from an earlier attempt with the same settings, if any."""
+    path = work / "cutoff.json"
+    if not path.exists():
+        return None
+    done = json.loads(path.read_text())
+    if done["fingerprint"] != fingerprint:
+        raise SystemExit(f"{path} was made with other settings: use another --out, or delete it")
+    return done
+
+
+def write_all(args, out: Path, freq: str, histories: list[int], spacing: int, arms: list[str], config: dict,
+              wall: dict, started: float, planned: int, cutoff_rows: list, rows: list, guards: list,
+              rounds: list) -> list[dict]:
+    """Summarise what is measured so far and write the report; returns the summary."""
+    per_site, summary = summarize(rows)
+    packages = {p: version(p) for p in ("flwr", "torch", "pandas", "numpy", "statsforecast")}
+    report = {
+        "config": {"data": args.data or "built-in demo sites", "freq": freq, "histories": histories,
+                   "cutoffs": args.cutoffs, "spacing": spacing, "rounds": args.rounds, "seed": args.seed,
+                   "max_sites": args.max_sites, "arms": arms, "run_config": config, "packages": packages,
+                   "python": platform.python_version(), "wall_seconds": wall,
+                   "total_seconds": time.monotonic() - started, "command": " ".join(sys.argv),
+                   "complete": len(cutoff_rows) == planned},
+        "cutoffs": cutoff_rows, "per_site": per_site, "per_cutoff": rows, "summary": summary,
+        "guard": guards, "rounds": rounds,
+    }
+    write_report(report, out)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="", help="long-format CSV/Parquet (default: built-in demo sites)")
@@ -203,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default="all", help="comma-separated subset of the learned arms, or all")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
     parser.add_argument("--verbose", action="store_true", help="stream Flower's logs")
+    parser.add_argument("--resume", action="store_true", help="reuse the finished cutoffs of an earlier run "
+                        "into the same --out (same settings), redo the rest")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     started = time.monotonic()
     out = Path(args.out).resolve()
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} is not empty")
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise SystemExit(f"{out} is not empty (add --resume to continue an earlier run there)")
 
     base = {"data-path": str(Path(args.data).resolve()) if args.data else "", "site-column": args.site_column}
     frame = read_sites(Settings.from_config(base).data)
@@ -232,33 +267,33 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, guards, rounds, cutoff_rows = [], [], [], []
     wall: dict[str, float] = {}
-    for history in histories:
-        for index, cutoff in enumerate(cutoff_times(frame, history, int(config["test-size"]), args.cutoffs, spacing)):
+    fingerprint = json.dumps([args.data, args.max_sites, arms, config], sort_keys=True, default=str)
+    plan = [(history, index, cutoff) for history in histories
+            for index, cutoff in enumerate(cutoff_times(frame, history, int(config["test-size"]), args.cutoffs, spacing))]
+    for history, index, cutoff in plan:
+        stamp = {"history": history, "cutoff": str(cutoff)}
+        work = out / "work" / f"h{history}-c{index}"
+        done = load_cutoff(work, fingerprint) if args.resume else None
+        if done is None:
             log(f"history {history}, cutoff {index}: first test point {cutoff}", started)
             part = window_slice(frame, cutoff, history, int(config["test-size"]))
-            stamp = {"history": history, "cutoff": str(cutoff)}
-            cutoff_rows.append({"index": index, **stamp, "sites": int(part["site"].nunique())})
-            result, guard, round_rows, seconds = run_cutoff(
-                config, part, out / "work" / f"h{history}-c{index}", arms, started,
-                sys.stdout if args.verbose else None)
-            rows += [{**r, **stamp} for r in result]
-            guards += [{**g, **stamp} for g in guard]
-            rounds += [{**r, **stamp} for r in round_rows]
-            for arm, s in seconds.items():
-                wall[arm] = wall.get(arm, 0.0) + s
+            shutil.rmtree(work, ignore_errors=True)  # an unfinished earlier attempt: start it afresh
+            result, guard, round_rows, seconds = run_cutoff(config, part, work, arms, started,
+                                                            sys.stdout if args.verbose else None)
+            done = {"fingerprint": fingerprint, "sites": int(part["site"].nunique()), "results": result,
+                    "guard": guard, "rounds": round_rows, "seconds": seconds}
+            write_json(work / "cutoff.json", done)
+        else:
+            log(f"history {history}, cutoff {index}: reusing {work / 'cutoff.json'}", started)
+        cutoff_rows.append({"index": index, **stamp, "sites": done["sites"]})
+        rows += [{**r, **stamp} for r in done["results"]]
+        guards += [{**g, **stamp} for g in done["guard"]]
+        rounds += [{**r, **stamp} for r in done["rounds"]]
+        for arm, sec in done["seconds"].items():
+            wall[arm] = wall.get(arm, 0.0) + sec
+        summary = write_all(args, out, freq, histories, spacing, arms, config, wall, started, len(plan),
+                            cutoff_rows, rows, guards, rounds)  # after every cutoff: progress survives a stop
 
-    per_site, summary = summarize(rows)
-    packages = {p: version(p) for p in ("flwr", "torch", "pandas", "numpy", "statsforecast")}
-    report = {
-        "config": {"data": args.data or "built-in demo sites", "freq": freq, "histories": histories,
-                   "cutoffs": args.cutoffs, "spacing": spacing, "rounds": args.rounds, "seed": args.seed,
-                   "max_sites": args.max_sites, "arms": arms, "run_config": config, "packages": packages,
-                   "python": platform.python_version(), "wall_seconds": wall,
-                   "total_seconds": time.monotonic() - started, "command": " ".join(sys.argv)},
-        "cutoffs": cutoff_rows, "per_site": per_site, "per_cutoff": rows, "summary": summary,
-        "guard": guards, "rounds": rounds,
-    }
-    write_report(report, out)
     for line in sorted(summary, key=lambda r: (r["history"], -r["median_skill"])):
         print(f"history {line['history']:>5}  {line['arm']:<22} median skill {line['median_skill']:+7.1%}  "
               f"better {line['share_better']:5.0%}  worse {line['share_worse']:5.0%}  worst {line['worst_skill']:+7.1%}")

@@ -1,6 +1,7 @@
 """Checkpoints rebuild their model, writes are atomic, encoders load only when they match;
 the run config in pyproject.toml and the typed settings agree."""
 
+import os
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -106,3 +107,12 @@ def test_pretrained_encoder_is_cached(tmp_path):
     assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
     _, _, other = cached_pretrain(tmp_path, args, train, 10, 128, 1)  # another seed, another file
     assert other != path
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "report.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644

@@ -50,3 +50,9 @@ def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
     assert {s["arm"] for s in report["summary"]} == ARMS
     for name in ("per_site.csv", "report.md", "skill_by_site.png", "skill_distribution.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+
+    # a second run with --resume reuses every finished cutoff (no simulation runs) and reports the same
+    assert main(argv + ["--resume"]) == 0
+    again = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert again["per_site"] == per_site and again["config"]["complete"]
+    assert "reusing" in capsys.readouterr().out
