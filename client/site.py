@@ -41,6 +41,20 @@ def _with_seed(train: TrainArgs, seed: int, **changes) -> TrainArgs:
     return replace(train, seed=seed, **changes)
 
 
+def divide(splits: Splits) -> tuple[Splits, Splits]:
+    """(fit, judge): the validation windows alternate by origin between two roles.
+
+    Windows at even origins steer training (early stopping, the local-only learning rate); windows
+    at odd origins judge (which alone option is best, what the guard serves). A model's early
+    stopping never sees the windows it is judged on, so its validation error is not optimistic,
+    and both halves span the whole validation period (no single unusual week decides).
+    """
+    origins = np.unique(splits.val.origin)
+    odd = np.searchsorted(origins, splits.val.origin) % 2 == 1
+    return (Splits(splits.train, splits.val.subset(~odd), splits.test),
+            Splits(splits.train, splits.val.subset(odd), splits.test))
+
+
 def scores(val_pred: np.ndarray, test_pred: np.ndarray, splits: Splits) -> dict:
     """An option's validation and test errors, with per-window validation MAE for the guard."""
     return {
@@ -113,7 +127,7 @@ class Site:
         exchange "encoder": fine-tune (head, then head and encoder); keep the head, send the encoder.
         exchange "model": train every weight of the received model and send them all.
         """
-        splits = self.splits(args)
+        splits, _ = divide(self.splits(args))
         model = self.restore(args, received, exchange, splits.train)
         seeded = _with_seed(train, round_seed(train.seed, self.name, server_round))
         if exchange == "model":
@@ -135,20 +149,20 @@ class Site:
         head) and that is its federated model. exchange "model": the global model as received.
         Returns (metrics per arm, {"alone-choice", "serve"}).
         """
-        splits = self.splits(args)
-        model = self.restore(args, received, exchange, splits.train)
+        fit, judge = divide(self.splits(args))
+        model = self.restore(args, received, exchange, fit.train)
         if exchange == "encoder":
-            fine_tune(model, splits, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
+            fine_tune(model, fit, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
             save_model(self.model_path, model, {"round": server_round, "phase": "evaluate"})
-        federated = model_scores(model, splits)
-        alone = self.alone(args, train, splits)
+        federated = model_scores(model, judge)
+        alone = self.alone(args, train, fit, judge)
         best = alone["options"][alone["best"]]
         decision = decide(federated["val_windows"], best["val_windows"], margin=self.options.guard_margin)
         write_json(self.state_dir / "guard.json", {"round": server_round, "alone_choice": alone["best"],
                                                    **decision.to_dict()})
         arms = {**alone["options"], "alone_best": best, "federated": federated,
                 "served": federated if decision.serve == "federated" else best}
-        metrics = {"num-examples": len(splits.test), "filled-points": self.gaps.filled,
+        metrics = {"num-examples": len(judge.test), "filled-points": self.gaps.filled,
                    "guard:serve-federated": float(decision.serve == "federated"),
                    "guard:val-win-share": decision.val_win_share}
         for arm, result in arms.items():
@@ -156,12 +170,15 @@ class Site:
             metrics |= {f"{arm}:test-{k}": v for k, v in result["test"].items()}
         return metrics, {"alone-choice": alone["best"], "serve": decision.serve}
 
-    def alone(self, args: ModelArgs, train: TrainArgs, splits: Splits) -> dict:
-        """Every option the site has alone, scored, and the best on validation (cached in alone.json).
+    def alone(self, args: ModelArgs, train: TrainArgs, fit: Splits, judge: Splits) -> dict:
+        """Every option the site has alone, scored on the judging windows, and the best of them
+        there (cached in alone.json).
 
         Options: naive and seasonal naive for each of the model's lags, the statistical models,
-        and our architecture trained from scratch on this site alone (local_only).
+        and our architecture trained from scratch on this site alone (local_only, steered by the
+        fitting windows).
         """
+        splits = judge
         path = self.alone_dir / "alone.json"
         key = {"model_args": args.to_dict(), "train": train.__dict__, "stat_models": self.options.stat_models,
                "val_size": self.data.val_size, "test_size": self.data.test_size, "stride": self.data.stride}
@@ -179,7 +196,7 @@ class Site:
         for stat in self.options.stat_models.split():
             pred = statistical_predictions(self.frame, both, n_train, args.horizon, season, stat).pred
             options[stat] = scores(pred[: len(splits.val)], pred[len(splits.val):], splits)
-        model, lr = self._local_only(args, train, splits)
+        model, lr = self._local_only(args, train, fit)
         save_model(self.alone_dir / "local_only.pt", model, {"lr": lr})
         options["local_only"] = model_scores(model, splits)
         best = min(options, key=lambda name: (options[name]["val"]["mae"], name))

@@ -17,9 +17,10 @@ class DataArgs:
     site_column: str = "site"  # column grouping series into sites; absent = one site per series
     freq: str = ""  # pandas alias; "" = inferred
     demo_sites: int = 8  # sites of the built-in demo data
-    demo_length: int = 24 * 28  # four weeks hourly: two of training history, one validation, one test
+    demo_length: int = 24 * 35  # five weeks hourly: two of training history, two validation, one test
     demo_seed: int = 0  # the demo data stays the same when the training seed changes
-    val_size: int = 168  # validation points at the end of the history (one week hourly)
+    val_size: int = 336  # validation points at the end of the history: two weeks hourly, 14 daily
+    # origins, half steering training and half judging (client.site.divide)
     test_size: int = 168  # test points after validation, where rolling test origins lie
     stride: int = 24  # points between validation/test origins (daily for hourly data)
 
@@ -127,7 +128,7 @@ def frequency_defaults(seasons: list[int]) -> dict[str, Any]:
 
     The lookback is the longest season (8 short seasons when there is no longer one), the horizon one short
     season (two when it is under a day's 24 points), one patch is one short season, and validation
-    and test each span one lookback with an origin every short season.
+    spans two lookbacks and test one, with an origin every short season.
     """
     short, longest = seasons[0], seasons[-1]
     lookback = longest if longest >= 4 * short else 8 * short
@@ -136,5 +137,5 @@ def frequency_defaults(seasons: list[int]) -> dict[str, Any]:
     return {
         "lookback": lookback, "horizon": horizon, "lags": " ".join(map(str, [1, *seasons])),
         "patch-len": patch, "patch-stride": max(1, patch // 2) if patch >= 12 else patch,
-        "val-size": lookback, "test-size": lookback, "stride": short,
+        "val-size": 2 * lookback, "test-size": lookback, "stride": short,
     }

@@ -16,7 +16,7 @@ TINY = {
     "d-model": 16, "n-heads": 2, "n-layers": 1, "d-ff": 32,
     "corpus-series": 40, "corpus-length": 200, "pretrain-epochs": 2,
     "max-epochs": 3, "steps-per-epoch": 5, "batch-size": 32,
-    "val-size": 48, "test-size": 48, "stride": 12,
+    "val-size": 96, "test-size": 48, "stride": 12,
     "num-server-rounds": 2, "min-train-nodes": 2,
 }
 

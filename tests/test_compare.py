@@ -21,8 +21,8 @@ MODEL_KEYS = ("lags", "patch-len", "patch-stride", "d-model", "n-heads", "n-laye
 def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
     data = tmp_path / "sites.csv"
     demo_sites(n_sites=3, length=24 * 30, seed=1).to_csv(data, index=False)
-    argv = ["--data", str(data), "--out", str(tmp_path / "report"), "--history", "216", "--cutoffs", "2",
-            "--rounds", "2", "--lookback", "48", "--horizon", "12", "--val-size", "48", "--test-size", "48",
+    argv = ["--data", str(data), "--out", str(tmp_path / "report"), "--history", "264", "--cutoffs", "2",
+            "--rounds", "2", "--lookback", "48", "--horizon", "12", "--val-size", "96", "--test-size", "48",
             "--stride", "12", "--set", f"cache-dir={tmp_path / 'cache'}"]
     for key in MODEL_KEYS:
         argv += ["--set", f"{key}={TINY[key]}"]

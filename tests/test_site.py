@@ -100,3 +100,14 @@ def test_guard_serves_a_federated_model_that_is_clearly_better(tiny_settings, tm
     assert metrics["federated:val-mae"] < 0.9 * metrics["alone_best:val-mae"]
     assert info["serve"] == "federated"
     assert metrics["served:test-mae"] == metrics["federated:test-mae"]
+
+
+def test_validation_windows_alternate_between_fitting_and_judging(tiny_settings, tmp_path):
+    from client.site import divide
+
+    splits = _site(tiny_settings, tmp_path).splits(tiny_settings.model)
+    fit, judge = divide(splits)
+    assert len(fit.val) + len(judge.val) == len(splits.val) and len(judge.val) >= 4
+    origins = sorted(set(splits.val.origin))
+    assert set(fit.val.origin) == set(origins[0::2]) and set(judge.val.origin) == set(origins[1::2])
+    assert fit.train is splits.train and judge.test is splits.test
