@@ -7,7 +7,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from client.app import app as client_app
-from shared.config import to_config
 from shared.model import Forecaster
 from tests.conftest import TINY, flower_message
 
