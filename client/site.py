@@ -41,18 +41,19 @@ def _with_seed(train: TrainArgs, seed: int, **changes) -> TrainArgs:
     return replace(train, seed=seed, **changes)
 
 
-def divide(splits: Splits) -> tuple[Splits, Splits]:
-    """(fit, judge): the validation windows alternate by origin between two roles.
+def divide(splits: Splits) -> tuple[Splits, np.ndarray]:
+    """(fit, judging): the validation windows alternate by origin between two roles.
 
-    Windows at even origins steer training (early stopping, the local-only learning rate); windows
-    at odd origins judge (which alone option is best, what the guard serves). A model's early
-    stopping never sees the windows it is judged on, so its validation error is not optimistic,
-    and both halves span the whole validation period (no single unusual week decides).
+    `fit` (windows at even origins as its validation) steers training: early stopping and the
+    local-only learning rate. `judging` marks the windows at odd origins, on which the guard
+    compares the federated model with alone_best: a model's early stopping never saw them, so its
+    error there is not optimistic, and both halves span the whole validation period. Choosing
+    alone_best uses every validation window (the simple and statistical options never train on
+    validation, and halving an already short period made that choice much noisier).
     """
     origins = np.unique(splits.val.origin)
-    odd = np.searchsorted(origins, splits.val.origin) % 2 == 1
-    return (Splits(splits.train, splits.val.subset(~odd), splits.test),
-            Splits(splits.train, splits.val.subset(odd), splits.test))
+    judging = np.searchsorted(origins, splits.val.origin) % 2 == 1
+    return Splits(splits.train, splits.val.subset(~judging), splits.test), judging
 
 
 def scores(val_pred: np.ndarray, test_pred: np.ndarray, splits: Splits) -> dict:
@@ -127,7 +128,7 @@ class Site:
         exchange "encoder": fine-tune (head, then head and encoder); keep the head, send the encoder.
         exchange "model": train every weight of the received model and send them all.
         """
-        splits, _ = divide(self.splits(args))
+        splits, _ = divide(self.splits(args))  # training sees the fitting windows only
         model = self.restore(args, received, exchange, splits.train)
         seeded = _with_seed(train, round_seed(train.seed, self.name, server_round))
         if exchange == "model":
@@ -149,20 +150,22 @@ class Site:
         head) and that is its federated model. exchange "model": the global model as received.
         Returns (metrics per arm, {"alone-choice", "serve"}).
         """
-        fit, judge = divide(self.splits(args))
+        splits = self.splits(args)
+        fit, judging = divide(splits)
         model = self.restore(args, received, exchange, fit.train)
         if exchange == "encoder":
             fine_tune(model, fit, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
             save_model(self.model_path, model, {"round": server_round, "phase": "evaluate"})
-        federated = model_scores(model, judge)
-        alone = self.alone(args, train, fit, judge)
+        federated = model_scores(model, splits)
+        alone = self.alone(args, train, splits, fit)
         best = alone["options"][alone["best"]]
-        decision = decide(federated["val_windows"], best["val_windows"], margin=self.options.guard_margin)
+        judged = [np.asarray(result["val_windows"])[judging] for result in (federated, best)]
+        decision = decide(*judged, margin=self.options.guard_margin)
         write_json(self.state_dir / "guard.json", {"round": server_round, "alone_choice": alone["best"],
                                                    **decision.to_dict()})
         arms = {**alone["options"], "alone_best": best, "federated": federated,
                 "served": federated if decision.serve == "federated" else best}
-        metrics = {"num-examples": len(judge.test), "filled-points": self.gaps.filled,
+        metrics = {"num-examples": len(splits.test), "filled-points": self.gaps.filled,
                    "guard:serve-federated": float(decision.serve == "federated"),
                    "guard:val-win-share": decision.val_win_share}
         for arm, result in arms.items():
@@ -170,15 +173,13 @@ class Site:
             metrics |= {f"{arm}:test-{k}": v for k, v in result["test"].items()}
         return metrics, {"alone-choice": alone["best"], "serve": decision.serve}
 
-    def alone(self, args: ModelArgs, train: TrainArgs, fit: Splits, judge: Splits) -> dict:
-        """Every option the site has alone, scored on the judging windows, and the best of them
-        there (cached in alone.json).
+    def alone(self, args: ModelArgs, train: TrainArgs, splits: Splits, fit: Splits) -> dict:
+        """Every option the site has alone, scored, and the best on validation (cached in alone.json).
 
         Options: naive and seasonal naive for each of the model's lags, the statistical models,
         and our architecture trained from scratch on this site alone (local_only, steered by the
-        fitting windows).
+        fitting windows of `fit`).
         """
-        splits = judge
         path = self.alone_dir / "alone.json"
         key = {"model_args": args.to_dict(), "train": train.__dict__, "stat_models": self.options.stat_models,
                "val_size": self.data.val_size, "test_size": self.data.test_size, "stride": self.data.stride}

@@ -83,15 +83,14 @@ def fresh_head(pretrained: Forecaster, train_windows: Windows) -> Forecaster:
 def in_process_arms(settings: Settings, sites: list[Site], pretrained) -> dict[str, dict[str, dict]]:
     """pretrained_zero_shot, pretrained_only and pooled_oracle per site: {arm: {site: scores}}."""
     args, train = settings.model, settings.train
-    divided = {site.name: divide(site.splits(args)) for site in sites}  # (fit, judge) as at the sites
-    splits = {name: fit for name, (fit, _) in divided.items()}
-    judge = {name: j for name, (_, j) in divided.items()}
+    full = {site.name: site.splits(args) for site in sites}
+    splits = {name: divide(s)[0] for name, s in full.items()}  # training sees the fitting windows, as at the sites
     out: dict[str, dict[str, dict]] = {"pretrained_zero_shot": {}, "pretrained_only": {}, "pooled_oracle": {}}
     for site in sites:
-        out["pretrained_zero_shot"][site.name] = model_scores(pretrained, judge[site.name])
+        out["pretrained_zero_shot"][site.name] = model_scores(pretrained, full[site.name])
         model = fresh_head(pretrained, splits[site.name].train)  # as a federated site starts
         fine_tune(model, splits[site.name], replace(train, seed=round_seed(train.seed, site.name, -1)))
-        out["pretrained_only"][site.name] = model_scores(model, judge[site.name])
+        out["pretrained_only"][site.name] = model_scores(model, full[site.name])
     pooled = Splits(*(Windows.concat([getattr(s, part) for s in splits.values()], args.lookback, args.horizon)
                       for part in ("train", "val", "test")))
     oracle = fresh_head(pretrained, pooled.train)
@@ -99,7 +98,7 @@ def in_process_arms(settings: Settings, sites: list[Site], pretrained) -> dict[s
     for site in sites:
         model = copy.deepcopy(oracle)
         fine_tune(model, splits[site.name], replace(train, seed=round_seed(train.seed, site.name, -2)))
-        out["pooled_oracle"][site.name] = model_scores(model, judge[site.name])
+        out["pooled_oracle"][site.name] = model_scores(model, full[site.name])
     return out
 
 
