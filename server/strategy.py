@@ -11,13 +11,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from shared.checkpoint import write_atomic, write_json
-
-import torch
 
 
 def site_of(msg: Message) -> str:
