@@ -32,6 +32,7 @@ from client.site import Site, divide, model_scores, round_seed
 from shared.checkpoint import write_json
 from shared.config import Settings, frequency_defaults, parse_overrides
 from shared.data import Splits, Windows, seasons
+from shared.metrics import METRICS
 from shared.pretrain import initial_model
 from shared.sites import read_sites
 from shared.model import Forecaster
@@ -44,7 +45,6 @@ FEDERATED_ARMS = {  # arm -> run-config overrides of the same App
     "federated_scratch": {"init": "random"},
     "fedavg_global": {"exchange": "model"},
 }
-METRICS = ("mae", "rmse", "mase", "smape")
 
 
 def log(message: str, started: float) -> None:
