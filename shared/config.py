@@ -54,6 +54,23 @@ class SiteArgs:
     alone_dir: str = ""  # simulation: where sites keep their alone options ("" = each site's state folder)
 
 
+@dataclass(frozen=True)
+class PrivacyArgs:
+    """Options for privacy-constrained pilots; all off by default (README: Privacy)."""
+
+    secagg: bool = False  # aggregate encoder updates with SecAgg+: the server learns only their sum
+    secagg_shares: int = 3  # SecAgg+ shares per site's secret
+    secagg_threshold: int = 2  # shares needed to reconstruct; more sites than this may not drop out
+    dp: str = "none"  # "none", "central" (noise on the aggregate) or "local" (each site noises its update)
+    dp_clip: float = 1.0  # L2 bound on one site's encoder update per round
+    dp_noise: float = 1.0  # noise multiplier: Gaussian std = dp-noise x dp-clip
+    dp_delta: float = 1e-5  # the delta of the reported (epsilon, delta)
+    dp_epsilon_budget: float = 0.0  # stop before a round would spend more than this epsilon; 0 = no budget
+    sign_key: str = ""  # coordinator: Ed25519 private key signing every encoder it sends
+    verify_key: str = ""  # sites: the coordinator's public key; unsigned or tampered encoders are refused
+    reports: str = "full"  # "minimal": a site sends only what aggregation needs
+
+
 def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
@@ -111,6 +128,7 @@ class Settings:
     data: DataArgs
     federation: FederationArgs
     site: SiteArgs
+    privacy: PrivacyArgs = PrivacyArgs()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -120,6 +138,7 @@ class Settings:
             data=read_args(DataArgs, config),
             federation=read_args(FederationArgs, config),
             site=read_args(SiteArgs, config),
+            privacy=read_args(PrivacyArgs, config),
         )
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shared.checkpoint import load_encoder, load_model, save_model, write_atomic
-from shared.config import DataArgs, FederationArgs, Settings, SiteArgs, read_args, to_config
+from shared.config import DataArgs, FederationArgs, PrivacyArgs, Settings, SiteArgs, read_args, to_config
 from shared.model import Forecaster, ModelArgs
 from shared.train import TrainArgs
 
@@ -65,7 +65,7 @@ def test_pyproject_run_config_matches_the_typed_defaults():
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     config = pyproject["tool"]["flwr"]["app"]["config"]
     defaults = {}
-    for cls in (ModelArgs, TrainArgs, DataArgs, FederationArgs, SiteArgs):
+    for cls in (ModelArgs, TrainArgs, DataArgs, FederationArgs, SiteArgs, PrivacyArgs):
         defaults |= to_config(cls())
     assert config == defaults
 
