@@ -44,10 +44,10 @@ def open_site(context: Context, settings: Settings) -> Site:
     return Site.open(name, frame, state_dir, settings.data, settings.site)
 
 
-def _unpack(msg: Message) -> tuple[ModelArgs, dict[str, torch.Tensor], int]:
+def _unpack(msg: Message) -> tuple[ModelArgs, dict[str, torch.Tensor], int, str]:
     config = msg.content["config"]
     args = ModelArgs.from_dict(json.loads(str(config["model-args"])))
-    return args, msg.content["arrays"].to_torch_state_dict(), int(config["server-round"])
+    return args, msg.content["arrays"].to_torch_state_dict(), int(config["server-round"]), str(config["run-key"])
 
 
 def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | None = None,
@@ -62,8 +62,8 @@ def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | N
 def train(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
     site = open_site(context, settings)
-    args, encoder, server_round = _unpack(msg)
-    sent, metrics = site.train_round(args, settings.train, encoder, server_round, settings.federation.exchange)
+    args, encoder, server_round, run = _unpack(msg)
+    sent, metrics = site.train_round(args, settings.train, encoder, server_round, settings.federation.exchange, run)
     return _reply(msg, site, metrics, arrays=sent)
 
 
@@ -71,6 +71,6 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
     site = open_site(context, settings)
-    args, encoder, server_round = _unpack(msg)
-    metrics, info = site.evaluate_round(args, settings.train, encoder, server_round, settings.federation.exchange)
+    args, encoder, server_round, run = _unpack(msg)
+    metrics, info = site.evaluate_round(args, settings.train, encoder, server_round, settings.federation.exchange, run)
     return _reply(msg, site, metrics, info=info)

@@ -2,6 +2,8 @@
 
 State folder (never leaves the site):
   model.pt      the site's latest model (received encoder + its private head) with its arguments
+  heads.pt      its head after each of the run's latest phases, so a phase the server repeats
+                after a resume starts from the same head as the first time
   guard.json    what the site serves (federated or its best alone option) and why
 Alone folder (the state folder unless configured otherwise):
   alone.json    validation and test errors of every option the site has alone, and the best one
@@ -20,7 +22,7 @@ import pandas as pd
 import torch
 
 from shared.baselines import seasonal_naive, simple_name
-from shared.checkpoint import load_encoder, load_model, save_model, write_json
+from shared.checkpoint import load_encoder, save_model, write_atomic, write_json
 from shared.config import DataArgs, SiteArgs
 from shared.data import GapReport, Splits, Windows, make_splits, regularize, season_length
 from shared.guard import decide
@@ -30,11 +32,17 @@ from shared.statistical import frame_n_train, statistical_predictions
 from shared.train import TrainArgs, anchor_head, fine_tune, predict, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
+HEADS_KEPT = 4  # phases of head history kept in heads.pt
 
 
 def round_seed(seed: int, site: str, server_round: int) -> int:
     """A seed per (run seed, site, round), stable across processes (unlike hash())."""
     return zlib.crc32(f"{seed}/{site}/{server_round}".encode())
+
+
+def step(server_round: int, phase: str) -> int:
+    """A phase's place in a run: round 1 train, round 1 evaluate, round 2 train, ..."""
+    return 2 * server_round + (phase == "evaluate")
 
 
 def _with_seed(train: TrainArgs, seed: int, **changes) -> TrainArgs:
@@ -98,38 +106,62 @@ class Site:
     def alone_dir(self) -> Path:
         return Path(self.options.alone_dir) / self.name if self.options.alone_dir else self.state_dir
 
-    def restore(self, args: ModelArgs, received: dict[str, torch.Tensor], exchange: str = "encoder",
-                train_windows: Windows | None = None) -> Forecaster:
-        """The received weights with this site's head from its last round.
+    @property
+    def heads_path(self) -> Path:
+        return self.state_dir / "heads.pt"
 
-        exchange "encoder": `received` is the encoder, the head is the site's own; the first time,
-        a fresh head anchored on the best simple forecast of `train_windows`.
+    def _heads(self, args: ModelArgs, run: str) -> dict[int, dict[str, torch.Tensor]]:
+        """This run's kept heads by step ({} for a new run)."""
+        if not self.heads_path.exists():
+            return {}
+        kept = torch.load(self.heads_path, map_location="cpu", weights_only=True)
+        if kept["run"] != run:
+            return {}
+        if kept["model_args"] != args.to_dict():
+            raise ValueError(f"{self.heads_path}: holds heads for other model arguments ({kept['model_args']}); "
+                             "move the state folder away to start this site afresh")
+        return kept["heads"]
+
+    def keep(self, model: Forecaster, run: str, at: int) -> None:
+        """Save the model (model.pt) and remember its head under `at` for this run."""
+        heads = {s: h for s, h in self._heads(model.args, run).items() if s < at}
+        heads[at] = model.head.state_dict()
+        kept = {"run": run, "model_args": model.args.to_dict(),
+                "heads": {s: heads[s] for s in sorted(heads)[-HEADS_KEPT:]}}
+        write_atomic(self.heads_path, lambda f: torch.save(kept, f))
+        save_model(self.model_path, model, {"run": run, "step": at})
+
+    def restore(self, args: ModelArgs, received: dict[str, torch.Tensor], exchange: str = "encoder",
+                train_windows: Windows | None = None, run: str = "", at: int = 2) -> Forecaster:
+        """The received weights with this site's head from its latest phase before step `at`.
+
+        exchange "encoder": `received` is the encoder, the head is the site's own; in a run's first
+        phase, a fresh head anchored on the best simple forecast of `train_windows`.
         exchange "model": `received` is the whole model (no private head; a comparison arm).
         """
         model = Forecaster(args)
         if exchange == "model":
             model.load_state_dict(received)
             return model
-        if self.model_path.exists():
-            previous, _ = load_model(self.model_path)
-            if previous.args != args:
-                raise ValueError(f"{self.model_path}: holds a model for other arguments "
-                                 f"({previous.args}); move it away to start this site afresh")
-            model.head.load_state_dict(previous.head.state_dict())
+        earlier = [s for s in self._heads(args, run) if s < at]
+        if earlier:
+            model.head.load_state_dict(self._heads(args, run)[max(earlier)])
         else:
             anchor_head(model, train_windows if train_windows is not None else self.splits(args).train)
         load_encoder(model, received)
         return model
 
     def train_round(self, args: ModelArgs, train: TrainArgs, received: dict[str, torch.Tensor],
-                    server_round: int, exchange: str = "encoder") -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                    server_round: int, exchange: str = "encoder", run: str = ""
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train on the site's data and return (what goes back to the server, metrics).
 
         exchange "encoder": fine-tune (head, then head and encoder); keep the head, send the encoder.
         exchange "model": train every weight of the received model and send them all.
         """
         splits, _ = divide(self.splits(args))  # training sees the fitting windows only
-        model = self.restore(args, received, exchange, splits.train)
+        at = step(server_round, "train")
+        model = self.restore(args, received, exchange, splits.train, run, at)
         seeded = _with_seed(train, round_seed(train.seed, self.name, server_round))
         if exchange == "model":
             fit = train_scratch(model, splits, seeded)
@@ -138,12 +170,13 @@ class Site:
             probe, fit = fine_tune(model, splits, seeded)
             metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.best_val_mae,
                        "epochs": probe.epochs + fit.epochs}
-        save_model(self.model_path, model, {"round": server_round, "phase": "train"})
+        self.keep(model, run, at)
         sent = model.state_dict() if exchange == "model" else model.encoder.state_dict()
         return sent, {"num-examples": len(splits.train), **metrics}
 
     def evaluate_round(self, args: ModelArgs, train: TrainArgs, received: dict[str, torch.Tensor],
-                       server_round: int, exchange: str = "encoder") -> tuple[dict[str, float], dict[str, str]]:
+                       server_round: int, exchange: str = "encoder", run: str = ""
+                       ) -> tuple[dict[str, float], dict[str, str]]:
         """Score the federated model next to every alone option; decide what the site serves.
 
         exchange "encoder": the site personalises the global encoder (fine-tunes from it with its
@@ -152,10 +185,11 @@ class Site:
         """
         splits = self.splits(args)
         fit, judging = divide(splits)
-        model = self.restore(args, received, exchange, fit.train)
+        at = step(server_round, "evaluate")
+        model = self.restore(args, received, exchange, fit.train, run, at)
         if exchange == "encoder":
             fine_tune(model, fit, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
-            save_model(self.model_path, model, {"round": server_round, "phase": "evaluate"})
+            self.keep(model, run, at)
         federated = model_scores(model, splits)
         alone = self.alone(args, train, splits, fit)
         best = alone["options"][alone["best"]]

@@ -1,7 +1,8 @@
 """ServerApp: loads (or pretrains) the shared encoder and runs encoder-only FedAvg rounds.
 
-Writes to `out-dir`: `global_encoder.pt` after every round, `per_site.json` (every reply's
-metrics with its site) and, at the end, `summary.json` (the per-site results table).
+Writes to `out-dir`: `global_encoder.pt` and `server_state.pt` after every round (server.rounds;
+`resume = true` continues from them), `per_site.json` (every reply's metrics with its site, and
+the sites that did not answer) and, at the end, `summary.json` (the per-site results table).
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import time
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from shared.results import site_table
+from server.rounds import STATE_FILE, RunState, run_rounds
 from server.strategy import EncoderFedAvg
 from shared.checkpoint import write_json
 from shared.config import Settings, to_config
-from shared.model import count_parameters, state_bytes
+from shared.model import Forecaster, ModelArgs, count_parameters, state_bytes
 from shared.pretrain import initial_model
+from shared.results import site_table
 
 app = ServerApp()
 
@@ -34,29 +36,59 @@ def main(grid: Grid, context: Context) -> None:
     torch.set_num_threads(1)  # beside the simulation's actors, more threads only contend
     if fed.exchange not in ("encoder", "model"):
         raise ValueError(f"exchange must be 'encoder' or 'model', not {fed.exchange!r}")
+    if fed.min_train_nodes < 1:
+        raise ValueError("min-train-nodes must be at least 1")
     out = Path(fed.out_dir)
+    config = dict(context.run_config)
     started = time.monotonic()
-    model, origin = initial_model(settings)
-    pretrain_seconds = time.monotonic() - started
+    if fed.resume:
+        state = RunState.load(out, config)
+        model_args = ModelArgs.from_dict(state.model_args)
+        origin, pretrain_seconds = f"resumed after round {state.round}", 0.0
+    else:
+        if (out / STATE_FILE).exists():
+            raise ValueError(f"{out / STATE_FILE}: this out-dir holds a run; set resume=true to continue it, "
+                             "or choose another out-dir")
+        model, origin = initial_model(settings)
+        pretrain_seconds = time.monotonic() - started
+        model_args = model.args
+        shared = model.encoder.state_dict() if fed.exchange == "encoder" else model.state_dict()
+        state = RunState(arrays=shared, config=config, model_args=model_args.to_dict())
+    print(f"run {state.run_key}: rounds {state.round + 1}..{fed.num_server_rounds}", flush=True)
 
     strategy = EncoderFedAvg(
-        out, fed.num_server_rounds, fed.evaluate_every, model.args.to_dict(),
-        fraction_train=fed.fraction_train, fraction_evaluate=1.0,
+        out, fraction_train=fed.fraction_train, fraction_evaluate=1.0,
         min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_train_nodes,
         min_available_nodes=fed.min_train_nodes,
     )
-    config = {"model-args": json.dumps(model.args.to_dict())}
-    encoder = model.encoder.state_dict()
-    shared = encoder if fed.exchange == "encoder" else model.state_dict()
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(shared), num_rounds=fed.num_server_rounds,
-                   train_config=ConfigRecord(config), evaluate_config=ConfigRecord(config))
+    if state.round == 0:
+        wait_for_nodes(grid, fed.wait_for_nodes or fed.min_train_nodes)
+    message_config = {"model-args": json.dumps(state.model_args), "run-key": state.run_key}
 
+    def evaluate_due(server_round: int) -> bool:
+        every = fed.evaluate_every
+        return server_round == fed.num_server_rounds or bool(every and server_round % every == 0)
+
+    state = run_rounds(strategy, grid, state, out, fed.num_server_rounds, ConfigRecord(message_config),
+                       ConfigRecord(message_config), evaluate_due, {"strategy": strategy}, fed.round_timeout)
+
+    model = Forecaster(model_args)
     write_json(out / "summary.json", {
         "config": {**to_config(settings.model), **to_config(settings.train), **to_config(settings.data),
                    **to_config(fed), **to_config(settings.site)},
+        "run_key": state.run_key,
         "encoder": {"origin": origin, "parameters": count_parameters(model.encoder),
-                    "update_bytes": state_bytes(encoder), "head_parameters": count_parameters(model.head)},
+                    "update_bytes": state_bytes(model.encoder.state_dict()),
+                    "head_parameters": count_parameters(model.head)},
         "seconds": {"initial_encoder": pretrain_seconds, "rounds": strategy.round_times,
                     "total": time.monotonic() - started},
         "sites": site_table(strategy.log.rows),
+        "missing": strategy.log.missing(),
     })
+
+
+def wait_for_nodes(grid: Grid, count: int) -> None:
+    """Block until `count` sites are connected (the first round samples from those)."""
+    while (connected := len(list(grid.get_node_ids()))) < count:
+        print(f"waiting for sites: {connected} of {count} connected", flush=True)
+        time.sleep(1)

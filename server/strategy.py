@@ -1,4 +1,4 @@
-"""FedAvg over encoder arrays that keeps per-site rows and checkpoints every round.
+"""FedAvg over encoder arrays that keeps per-site rows and reports the sites that did not answer.
 
 Flower's History keeps only aggregates, so each reply's metrics are recorded with its site.
 Replies are sorted by site before aggregation: they arrive in completion order, and a fixed
@@ -11,81 +11,113 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from shared.checkpoint import write_atomic, write_json
+from shared.checkpoint import write_json
 
 
-def site_of(msg: Message) -> str:
-    """The site a reply names in its 'site' ConfigRecord (the node id when it names none)."""
-    record = msg.content.config_records.get("site") if not msg.has_error() else None
-    return str(record["name"]) if record and "name" in record else f"node-{msg.metadata.src_node_id}"
+class TooFewSites(RuntimeError):
+    """Fewer sites answered a round than `min-train-nodes`."""
 
 
 class SiteLog:
-    """Per-site, per-round metric rows, rewritten atomically to `path` after every round."""
+    """Per-site, per-round metric rows, rewritten atomically to `path` after every phase.
+
+    A site is named by the 'site' ConfigRecord of its replies; a node that never answered is
+    'node-<id>'. A sampled site that sent no usable reply gets a row with an `error`.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict] = []
+        self.names: dict[int, str] = {}  # node id -> site name, from earlier replies
 
-    def add(self, server_round: int, phase: str, replies: list[Message]) -> None:
+    def name(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node-{node_id}")
+
+    def add(self, server_round: int, phase: str, replies: list[Message], sampled: list[int]) -> None:
+        answered = set()
         for msg in replies:
-            row = {"round": server_round, "phase": phase, "site": site_of(msg), "node_id": msg.metadata.src_node_id}
+            node = msg.metadata.src_node_id
+            row = {"round": server_round, "phase": phase, "node_id": node}
             if msg.has_error():
-                row["error"] = msg.error.reason
+                row |= {"site": self.name(node), "error": msg.error.reason}
             else:
-                row |= dict(next(iter(msg.content.metric_records.values())))
-                row |= {k: v for k, v in msg.content.config_records.get("site", {}).items() if k != "name"}
+                answered.add(node)
+                info = dict(msg.content.config_records.get("site", {}))
+                self.names[node] = str(info.pop("name", self.name(node)))
+                row |= {"site": self.names[node], **dict(next(iter(msg.content.metric_records.values()))), **info}
             self.rows.append(row)
+        replied = {msg.metadata.src_node_id for msg in replies}
+        for node in sorted(set(sampled) - replied):
+            self.rows.append({"round": server_round, "phase": phase, "node_id": node, "site": self.name(node),
+                              "error": "no reply within round-timeout"})
+        self.rows.sort(key=lambda r: (r["round"], r["phase"] != "train", r["site"]))
         write_json(self.path, self.rows)
+
+    def missing(self) -> list[dict]:
+        """The rows of sampled sites that sent no usable reply."""
+        return [r for r in self.rows if "error" in r]
 
 
 class EncoderFedAvg(FedAvg):
     """FedAvg weighted by each site's training windows, over the encoder arrays the sites send.
 
     Args:
-        out_dir: where `global_encoder.pt` (after every round) and `per_site.json` are written.
-        num_rounds: total rounds, so the last one is always evaluated.
-        evaluate_every: evaluate every k rounds (0: only after the last round).
-        model_args: stored with each checkpoint so the encoder can be rebuilt.
-        **kwargs: FedAvg's own arguments (fractions, minimum nodes).
+        out_dir: where `per_site.json` is written.
+        **kwargs: FedAvg's own arguments (fractions, minimum nodes). A round whose usable
+            replies are fewer than `min_train_nodes` raises TooFewSites.
     """
 
-    def __init__(self, out_dir: str | Path, num_rounds: int, evaluate_every: int, model_args: dict, **kwargs):
+    def __init__(self, out_dir: str | Path, **kwargs):
         super().__init__(**kwargs)
-        self.out_dir = Path(out_dir)
-        self.num_rounds, self.evaluate_every = num_rounds, evaluate_every
-        self.model_args = model_args
-        self.log = SiteLog(self.out_dir / "per_site.json")
+        self.log = SiteLog(Path(out_dir) / "per_site.json")
         self.round_times: dict[int, float] = {}
         self._round_start = time.monotonic()
+        self._sampled: dict[tuple[int, str], list[int]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._round_start = time.monotonic()
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = sorted(replies, key=site_of)
-        self.log.add(server_round, "train", replies)
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None:
-            payload = {"model_args": self.model_args, "encoder": arrays.to_torch_state_dict(), "round": server_round}
-            write_atomic(self.out_dir / "global_encoder.pt", lambda f: torch.save(payload, f))
-        self.round_times[server_round] = time.monotonic() - self._round_start
-        return arrays, metrics
+        return self._remember(server_round, "train", super().configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        due = server_round == self.num_rounds or (self.evaluate_every and server_round % self.evaluate_every == 0)
-        return super().configure_evaluate(server_round, arrays, config, grid) if due else []
+        return self._remember(server_round, "evaluate",
+                              super().configure_evaluate(server_round, arrays, config, grid))
+
+    def _remember(self, server_round: int, phase: str, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        self._sampled[server_round, phase] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def _record(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        self.log.add(server_round, phase, replies, self._sampled.pop((server_round, phase), []))
+        usable = sorted((m for m in replies if not m.has_error()), key=lambda m: self.log.name(m.metadata.src_node_id))
+        minimum = self.min_train_nodes if phase == "train" else self.min_evaluate_nodes
+        if len(usable) < minimum:
+            missing = sorted({r["site"] for r in self.log.missing() if r["round"] == server_round and r["phase"] == phase})
+            raise TooFewSites(f"round {server_round} ({phase}): {len(usable)} sites answered, at least {minimum} "
+                              f"needed (min-train-nodes); missing: {', '.join(missing) or 'none'}")
+        return usable
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        result = super().aggregate_train(server_round, self._record(server_round, "train", replies))
+        self.round_times[server_round] = time.monotonic() - self._round_start
+        return result
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = sorted(replies, key=site_of)
-        self.log.add(server_round, "evaluate", replies)
-        return super().aggregate_evaluate(server_round, replies)
+        return super().aggregate_evaluate(server_round, self._record(server_round, "evaluate", replies))
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue the log and timings."""
+        return {"rows": self.log.rows, "names": self.log.names, "round_times": self.round_times}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.log.rows = list(state["rows"])
+        self.log.names = {int(k): v for k, v in state["names"].items()}
+        self.round_times = {int(k): v for k, v in state["round_times"].items()}

@@ -31,7 +31,10 @@ class FederationArgs:
 
     num_server_rounds: int = 4  # rounds of train (+ evaluate) messages
     fraction_train: float = 1.0  # share of connected sites sampled each round
-    min_train_nodes: int = 2  # a round waits for at least this many sites
+    min_train_nodes: int = 2  # a round needs answers from at least this many sites (others may drop out)
+    wait_for_nodes: int = 0  # sites that must be connected before the first round (0 = min-train-nodes)
+    round_timeout: float = 3600.0  # seconds a round waits for answers; the silent sites are reported missing
+    resume: bool = False  # continue the run checkpointed in out-dir from its last completed round
     evaluate_every: int = 0  # also evaluate every k rounds (0: only after the last; costs a fine-tune)
     seed: int = 0  # seeds sampling, pretraining and every site's training
     pretrained_path: str = ""  # encoder checkpoint; "" = pretrain on the synthetic corpus and cache it

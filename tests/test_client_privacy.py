@@ -21,7 +21,8 @@ def _context(tmp_path, partition_id=0):
 
 def _message(settings, message_type="train", server_round=1):
     model = Forecaster(settings.model)
-    config = ConfigRecord({"model-args": json.dumps(settings.model.to_dict()), "server-round": server_round})
+    config = ConfigRecord({"model-args": json.dumps(settings.model.to_dict()), "server-round": server_round,
+                           "run-key": "run"})
     return model, flower_message(RecordDict({"arrays": ArrayRecord(model.encoder.state_dict()), "config": config}),
                                  message_type)
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from client.site import Site
+from client.site import Site, step
 from shared.sites import read_sites, select_site
 from shared.data import DataError
 from shared.model import Forecaster
@@ -25,12 +25,27 @@ def test_head_after_round_one_is_the_head_round_two_starts_with(tiny_settings, t
     saved = torch.load(site.model_path, weights_only=True)["state_dict"]
     head_after_round_1 = {k[len("head."):]: v for k, v in saved.items() if k.startswith("head.")}
 
-    restored = site.restore(args, new_encoder)  # what round 2 starts from
+    restored = site.restore(args, new_encoder, at=step(2, "train"))  # what round 2 starts from
     assert head_after_round_1.keys() == restored.head.state_dict().keys()
     for key, value in restored.head.state_dict().items():
         assert torch.equal(value, head_after_round_1[key])
     # and it is not a fresh head: the site really learned one
     assert not torch.equal(restored.head.mix, Forecaster(args).head.mix)
+
+
+def test_a_repeated_phase_starts_from_the_same_head_and_a_new_run_from_a_fresh_one(tiny_settings, tmp_path):
+    """A server that resumes repeats the round it was in; the site must answer it as the first time."""
+    site = _site(tiny_settings, tmp_path)
+    args, train = tiny_settings.model, tiny_settings.train
+    encoder = Forecaster(args).encoder.state_dict()
+    after_1, _ = site.train_round(args, train, encoder, 1, run="r")
+    first, _ = site.train_round(args, train, after_1, 2, run="r")
+    again, _ = site.train_round(args, train, after_1, 2, run="r")  # round 2 once more, after a resume
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    # another run starts from a fresh anchored head, not from this run's
+    fresh = site.restore(args, encoder, run="other", at=step(2, "train"))
+    assert torch.equal(fresh.head.mix, site.restore(args, encoder, run="r", at=step(1, "train")).head.mix)
+    assert not torch.equal(fresh.head.mix, site.restore(args, encoder, run="r", at=step(3, "train")).head.mix)
 
 
 def test_evaluation_reports_federated_next_to_every_alone_option(tiny_settings, tmp_path):
@@ -57,7 +72,7 @@ def test_state_for_other_model_arguments_is_refused(tiny_settings, tmp_path):
     args = tiny_settings.model
     site.train_round(args, tiny_settings.train, Forecaster(args).encoder.state_dict(), 1)
     other = args.__class__(**{**args.to_dict(), "d_model": 32, "d_ff": 64})
-    with pytest.raises(ValueError, match="other arguments"):
+    with pytest.raises(ValueError, match="other model arguments"):
         site.restore(other, Forecaster(other).encoder.state_dict())
 
 
