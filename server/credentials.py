@@ -1,9 +1,11 @@
-"""Federation credentials: a CA, the SuperLink's TLS certificate, one SuperNode auth key per organization.
+"""Federation credentials: a CA, the SuperLink's TLS certificate, one SuperNode auth key per organization,
+the coordinator's encoder signing key.
 
     python -m server.credentials --out DIR --superlink-address fl.example.org [--superlink-address ...]
         --org hospital-a [--org ...] [--days 365] [--force]
 
-Writes DIR/ca/, DIR/superlink/, DIR/orgs/<org>/ and DIR/README.txt (who keeps what, the Flower commands).
+Writes DIR/ca/, DIR/superlink/, DIR/coordinator/, DIR/orgs/<org>/ and DIR/README.txt (who keeps what,
+the Flower commands).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.checkpoint import write_atomic
+from shared.signing import new_signing_key
 
 ORG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DNS_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?")
@@ -96,16 +99,19 @@ def generate(out_dir: str | Path, addresses: list[str], orgs: list[str], days: i
         (x509.BasicConstraints(ca=False, path_length=None), True), (_key_usage(digital_signature=True), True),
         (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False), (x509.SubjectAlternativeName(sans), False)])
     ca_pem = ca.public_bytes(PEM)
+    signing_key, signing_pub = new_signing_key()
     files: dict[str, tuple[bytes, int]] = {
         "ca/ca.key": (ca_key.private_bytes(PEM, PKCS8, NO_PW), 0o600), "ca/ca.crt": (ca_pem, 0o644),
         "superlink/server.key": (server_key.private_bytes(PEM, PKCS8, NO_PW), 0o600),
-        "superlink/server.pem": (server.public_bytes(PEM), 0o644), "superlink/ca.crt": (ca_pem, 0o644)}
+        "superlink/server.pem": (server.public_bytes(PEM), 0o644), "superlink/ca.crt": (ca_pem, 0o644),
+        "coordinator/signing.key": (signing_key, 0o600), "coordinator/signing.pub": (signing_pub, 0o644)}
     for org in orgs:
         key = ec.generate_private_key(ec.SECP384R1())
         pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         files[f"orgs/{org}/auth_key"] = (key.private_bytes(PEM, serialization.PrivateFormat.OpenSSH, NO_PW), 0o600)
         files[f"orgs/{org}/auth_key.pub"] = (pub + f" {org}\n".encode(), 0o644)
         files[f"orgs/{org}/ca.crt"] = (ca_pem, 0o644)
+        files[f"orgs/{org}/signing.pub"] = (signing_pub, 0o644)
     files["README.txt"] = (_readme(out, sans, orgs, server.not_valid_after_utc).encode(), 0o644)
 
     written = {}
@@ -134,11 +140,16 @@ SuperLink certificate names: {', '.join(names)}. Organizations: {', '.join(orgs)
 WHO KEEPS WHAT (secret files: never copy them anywhere else, never commit them)
 - Coordinator: ca/ca.key is SECRET. It can sign certificates any SuperNode will trust: keep it with the
   coordinator only, ideally offline (move it to offline storage now). ca/ca.crt is public.
+- Coordinator: coordinator/signing.key is SECRET. The ServerApp signs every encoder it sends with it
+  (run config sign-key): keep it where the ServerApp runs, with the coordinator only; whoever holds it can
+  send encoders the sites accept. coordinator/signing.pub is its public half.
 - SuperLink host: superlink/server.key is SECRET (on the SuperLink host only); superlink/server.pem and
   superlink/ca.crt are public.
 - Each organization <org>: orgs/<org>/auth_key is SECRET (with that organization only: it is the SuperNode's
   identity); hand it over on a secure channel, then delete the coordinator's copy. orgs/<org>/ca.crt is public;
-  orgs/<org>/auth_key.pub stays with the coordinator, who registers it.
+  orgs/<org>/auth_key.pub stays with the coordinator, who registers it. orgs/<org>/signing.pub is public (a copy
+  of coordinator/signing.pub): the site refuses any encoder it does not verify (verify-key), so hand it over on
+  a channel that cannot be tampered with, and keep it where no one else can replace it.
 
 1. SuperLink host, from the folder holding superlink/ (--host 0.0.0.0: reachable from other machines;
    --database: registrations survive a restart):

@@ -1,4 +1,5 @@
-"""server.credentials: CA, SuperLink certificate, SuperNode auth keys, overwrite guard, a real TLS handshake."""
+"""server.credentials: CA, SuperLink certificate, SuperNode auth keys, encoder signing key, overwrite guard,
+a real TLS handshake."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ssl
 import stat
 import threading
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from server.credentials import generate, main
+from shared.signing import SignatureError, load_private_key, load_public_key, sign_encoder, verify_encoder
 
 ADDRESSES = ["127.0.0.1", "localhost", "fl.example.org"]
 ORGS = ["hospital-a", "hospital-b"]
@@ -69,7 +72,7 @@ def test_ca_is_a_ca(creds):
 
 
 def test_private_keys_are_owner_only(creds):
-    for rel in ["ca/ca.key", "superlink/server.key", *(f"orgs/{o}/auth_key" for o in ORGS)]:
+    for rel in ["ca/ca.key", "superlink/server.key", "coordinator/signing.key", *(f"orgs/{o}/auth_key" for o in ORGS)]:
         assert stat.S_IMODE(creds[rel].stat().st_mode) == 0o600, rel
     assert not list(creds["ca/ca.key"].parent.glob(".*.tmp"))  # no temporary file left behind
 
@@ -88,11 +91,25 @@ def test_org_keys_are_openssh_p384_and_match(creds):
     assert a != b
 
 
+def test_signing_key_pair_reaches_every_org(creds, other):
+    pub = creds["coordinator/signing.pub"].read_bytes()
+    assert all(creds[f"orgs/{o}/signing.pub"].read_bytes() == pub for o in ORGS)
+    assert [rel for rel in creds if rel.endswith("signing.key")] == ["coordinator/signing.key"]  # never to an org
+    encoder = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    signature = sign_encoder(load_private_key(creds["coordinator/signing.key"]), encoder, 1)
+    for org in ORGS:
+        verify_encoder(creds[f"orgs/{org}/signing.pub"], encoder, 1, signature)
+    with pytest.raises(SignatureError, match="does not come from the coordinator"):
+        verify_encoder(other["orgs/x/signing.pub"], encoder, 1, signature)  # another federation's key
+    assert load_public_key(other["coordinator/signing.pub"]) != load_public_key(creds["coordinator/signing.pub"])
+
+
 def test_readme_names_files_and_commands(creds):
     text = creds["README.txt"].read_text()
     for part in ["--ssl-ca-certfile superlink/ca.crt", "--ssl-certfile superlink/server.pem",
                  "--ssl-keyfile superlink/server.key", "--enable-supernode-auth", "--root-certificates ca.crt",
                  "--auth-supernode-private-key auth_key", "--superlink fl.example.org:", "ca/ca.key is SECRET",
+                 "coordinator/signing.key is SECRET", "orgs/<org>/signing.pub is public", "sign-key", "verify-key",
                  *(f"orgs/{o}/auth_key.pub fedts --name {o}" for o in ORGS)]:
         assert part in text, part
 
