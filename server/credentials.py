@@ -165,10 +165,10 @@ WHO KEEPS WHAT (secret files: never copy them anywhere else, never commit them)
    then, with the SuperLink running, register each organization's public key:
 {org_lines}
 
-3. Each organization, from its folder orgs/<org>/ (paths: the site's own data file and a folder for its
-   private state):
+3. Each organization, from its folder orgs/<org>/ (paths: the site's own data file, a folder for its
+   private state, and this folder's signing.pub, the only key whose encoders the site accepts):
   flower-supernode --superlink {host}:{PORT} --root-certificates ca.crt --auth-supernode-private-key auth_key \\
-    --node-config "data-path='/path/to/series.csv' state-dir='/path/to/state'"
+    --node-config "data-path='/path/to/series.csv' state-dir='/path/to/state' verify-key='/path/to/signing.pub'"
    An unregistered key is refused ("Failed to activate SuperNode", exit code 305). Several SuperNodes on one
    machine: give each its own --port (its local Runtime API, default 9094).
 

@@ -26,7 +26,7 @@ class SiteLog:
     """Per-site, per-round metric rows, rewritten atomically to `path` after every phase.
 
     A site is named by the 'site' ConfigRecord of its replies; a node that never answered is
-    'node-<id>'. A sampled site that sent no usable reply gets a row with an `error`.
+    'node-<id>'. A sampled site that sent no usable reply gets a row with an `error`, also printed.
     """
 
     def __init__(self, path: Path):
@@ -37,23 +37,33 @@ class SiteLog:
     def name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node-{node_id}")
 
-    def add(self, server_round: int, phase: str, replies: list[Message], sampled: list[int]) -> None:
-        answered = set()
+    def add(self, server_round: int, phase: str, replies: list[Message], sent: list[Message]) -> None:
+        """Record the replies to the messages `sent` in this phase, and a row for each silent node.
+
+        An error reply made by the SuperLink (e.g. node unavailable) comes from the SuperLink
+        itself: its node is the one the replied-to message was sent to.
+        """
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
+        rows, replied = [], set()
         for msg in replies:
-            node = msg.metadata.src_node_id
+            node = node_of.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            replied.add(node)
             row = {"round": server_round, "phase": phase, "node_id": node}
             if msg.has_error():
                 row |= {"site": self.name(node), "error": msg.error.reason}
             else:
-                answered.add(node)
                 info = dict(msg.content.config_records.get("site", {}))
                 self.names[node] = str(info.pop("name", self.name(node)))
                 row |= {"site": self.names[node], **dict(next(iter(msg.content.metric_records.values()))), **info}
-            self.rows.append(row)
-        replied = {msg.metadata.src_node_id for msg in replies}
-        for node in sorted(set(sampled) - replied):
-            self.rows.append({"round": server_round, "phase": phase, "node_id": node, "site": self.name(node),
-                              "error": "no reply within round-timeout"})
+            rows.append(row)
+        for node in sorted({m.metadata.dst_node_id for m in sent} - replied):
+            rows.append({"round": server_round, "phase": phase, "node_id": node, "site": self.name(node),
+                         "error": "no reply within round-timeout"})
+        for row in rows:
+            if "error" in row:
+                print(f"round {server_round} ({phase}): no usable reply from {row['site']}: {row['error']}",
+                      flush=True)
+        self.rows += rows
         self.rows.sort(key=lambda r: (r["round"], r["phase"] != "train", r["site"]))
         write_json(self.path, self.rows)
 
@@ -76,7 +86,7 @@ class EncoderFedAvg(FedAvg):
         self.log = SiteLog(Path(out_dir) / "per_site.json")
         self.round_times: dict[int, float] = {}
         self._round_start = time.monotonic()
-        self._sampled: dict[tuple[int, str], list[int]] = {}
+        self._sent: dict[tuple[int, str], list[Message]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -90,12 +100,12 @@ class EncoderFedAvg(FedAvg):
 
     def _remember(self, server_round: int, phase: str, messages: Iterable[Message]) -> list[Message]:
         messages = list(messages)
-        self._sampled[server_round, phase] = [m.metadata.dst_node_id for m in messages]
+        self._sent[server_round, phase] = messages  # the Grid sets their message ids when it sends them
         return messages
 
     def _record(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
         replies = list(replies)
-        self.log.add(server_round, phase, replies, self._sampled.pop((server_round, phase), []))
+        self.log.add(server_round, phase, replies, self._sent.pop((server_round, phase), []))
         usable = sorted((m for m in replies if not m.has_error()), key=lambda m: self.log.name(m.metadata.src_node_id))
         minimum = self.min_train_nodes if phase == "train" else self.min_evaluate_nodes
         if len(usable) < minimum:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 
 def arms_of(row: dict) -> list[str]:
     """Arm names in an evaluation row (keys look like 'federated:test-mae')."""
@@ -17,7 +19,7 @@ def site_table(rows: list[dict]) -> list[dict]:
     """
     latest: dict[str, dict] = {}
     for row in rows:
-        if row["phase"] == "evaluate" and "error" not in row:
+        if row["phase"] == "evaluate" and "error" not in row and arms_of(row):  # reports=minimal: no figures
             latest[row["site"]] = row
     table = []
     for site, row in sorted(latest.items()):
@@ -49,4 +51,17 @@ def format_table(table: list[dict]) -> str:
         lines.append(f"{r['site']:<10} {r['simple']:>18} {r['simple_mae']:>7.3f} {r['local_only_mae']:>10.3f} "
                      f"{r['alone']:>18} {r['alone_mae']:>8.3f} {r['federated_mae']:>9.3f} {r['gain']:>+7.1%}  "
                      f"{r['serve']:<12} {r['served_gain']:>+7.1%}")
+    return "\n".join(lines)
+
+
+def format_summary(summary: dict) -> str:
+    """A run's summary.json for a terminal: the per-site table, the sites that did not answer, the medians."""
+    table = summary["sites"]
+    lines = [format_table(table)] if table else ["no site reported its figures (reports = minimal)"]
+    lines += [f"missing: {row['site']} in round {row['round']} ({row['phase']}): {row['error']}"
+              for row in summary.get("missing", [])]
+    if table:
+        lines.append(f"\nmedian gain over the best alone option: federated "
+                     f"{statistics.median(r['gain'] for r in table):+.1%}, served "
+                     f"{statistics.median(r['served_gain'] for r in table):+.1%}")
     return "\n".join(lines)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from shared.config import DataArgs, frequency_defaults, parse_overrides, read_args
 from shared.data import seasons
-from shared.results import format_table
+from shared.results import format_summary
 from shared.sites import read_sites
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, run_app
 
@@ -70,11 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = json.loads(summary_path.read_text())
     print()
-    print(format_table(summary["sites"]))
-    gain = statistics.median(r["gain"] for r in summary["sites"])
-    served = statistics.median(r["served_gain"] for r in summary["sites"])
-    print(f"\nmedian gain over the best alone option: federated {gain:+.1%}, served {served:+.1%}; "
-          f"wall time {time.monotonic() - started:.0f} s; results: {summary_path}")
+    print(format_summary(summary))
+    print(f"wall time {time.monotonic() - started:.0f} s; results: {summary_path}")
     return 0
 
 

@@ -82,6 +82,17 @@ def stop_tree(pid: int, grace: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def stop_marked(name: str, value: str, grace: float = 10.0) -> None:
+    """Stop every process whose environment has `name=value`: descendants orphaned when their parent died."""
+    marked = []
+    for proc in psutil.process_iter():
+        with suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            if proc.environ().get(name) == value:
+                marked.append(proc)
+    for proc in marked:
+        stop_tree(proc.pid, grace)
+
+
 @contextmanager
 def superlink(home: Path, log_path: Path, timeout: float = 60.0):
     """A simulation SuperLink on a free loopback port; yields its address, stops it on exit."""

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from server.strategy import EncoderFedAvg
 from shared.results import site_table
@@ -55,13 +55,18 @@ def test_reply_order_does_not_change_a_bit(tmp_path):
 
 def test_rows_are_written_by_site_with_errors_and_silent_sites(tmp_path):
     strategy = _strategy(tmp_path)
-    strategy._sampled[1, "train"] = [1, 2, 3]
-    strategy.aggregate_train(1, [_reply("b", 2, 1, {"w": [1.0]}), _reply("a", 1, 1, {"w": [3.0]})])
+    sent = [flower_message(RecordDict(), "train", src_node_id=0, dst_node_id=node) for node in (1, 2, 3, 4)]
+    strategy._sent[1, "train"] = sent
+    # the SuperLink answers for a node it finds offline: the reply comes from the SuperLink itself
+    unavailable = Message(Error(code=0, reason="Node Unavailable"), reply_to=flower_message(
+        RecordDict(), "train", src_node_id=0, dst_node_id=1))
+    unavailable.metadata.__dict__["_reply_to_message_id"] = sent[3].metadata.message_id
+    strategy.aggregate_train(1, [_reply("b", 2, 1, {"w": [1.0]}), _reply("a", 1, 1, {"w": [3.0]}), unavailable])
     rows = json.loads((tmp_path / "per_site.json").read_text())
-    assert [(r["site"], r["node_id"], r["round"], r["phase"]) for r in rows] == [
-        ("a", 1, 1, "train"), ("b", 2, 1, "train"), ("node-3", 3, 1, "train")]
-    assert rows[2]["error"] == "no reply within round-timeout"
-    assert [r["node_id"] for r in strategy.log.missing()] == [3]
+    assert [(r["site"], r["node_id"], r["round"], r["phase"], r.get("error")) for r in rows] == [
+        ("a", 1, 1, "train", None), ("b", 2, 1, "train", None),
+        ("node-3", 3, 1, "train", "no reply within round-timeout"), ("node-4", 4, 1, "train", "Node Unavailable")]
+    assert [r["node_id"] for r in strategy.log.missing()] == [3, 4]
 
 
 def test_site_table_uses_the_latest_evaluation_and_validation_choices():

@@ -1,0 +1,252 @@
+"""A deployment pilot on one machine: a SuperLink and one SuperNode per site on loopback, secured.
+
+    python -m simulations.pilot                        # 3 built-in demo sites
+    python -m simulations.pilot --data my.csv          # one SuperNode per site of your file
+    python -m simulations.pilot --out DIR --resume     # continue a pilot that was stopped
+
+It does what the README's three-machine deployment does, with the same App and commands: makes
+the federation's credentials (server.credentials), starts `flower-superlink` with TLS and
+SuperNode authentication, registers each site's key, starts each site's `flower-supernode` on
+its own slice of the data (its own file, state folder and Flower home), runs `flwr run`, prints
+the per-site results and stops every process it started, also on failure, Ctrl-C or SIGTERM.
+Logs go to OUT/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from server.credentials import generate
+from shared.config import DataArgs, frequency_defaults, parse_overrides, read_args
+from shared.data import seasons
+from shared.results import format_summary
+from shared.sites import read_sites
+from simulations.runner import (APP_DIR, QUIET_ENV, RunError, exit_on_sigterm, free_port, stop_marked, stop_tree,
+                                write_run_config)
+
+FEDERATION = "pilot"
+HOST = "127.0.0.1"
+MARK = "FEDTS_PILOT"  # environment variable naming the pilot a process belongs to
+
+
+def wait_for_port(process: subprocess.Popen, port: int, log: Path, timeout: float = 60.0) -> None:
+    """Return once `port` accepts connections; RunError if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RunError(f"{process.args[0]} exited with code {process.returncode}; see {log}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RunError(f"{process.args[0]} not listening on port {port} after {timeout:.0f} s; see {log}")
+            time.sleep(0.2)
+
+
+class Pilot:
+    """The processes of one pilot; `stop()` (or leaving the `with` block) stops every one of them."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.logs = out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.creds = out / "credentials"
+        self.home = out / "flwr-home"  # the coordinator's Flower home: its SuperLink connection
+        self.port = 0
+        bin_dir = str(Path(sys.executable).parent)  # flower-superexec and flwr-clientapp are found on PATH
+        self.env = {**os.environ, **QUIET_ENV, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                    MARK: str(out)}  # inherited by every process Flower starts for the pilot
+        self._stack = ExitStack()
+        self.supernodes: dict[str, subprocess.Popen] = {}
+
+    def __enter__(self) -> Pilot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stack.close()
+        stop_marked(MARK, str(self.out))  # what a crashed parent left behind
+
+    def start(self, name: str, command: list[str], home: Path) -> subprocess.Popen:
+        """Start a long-running Flower process with its own Flower home; it is stopped with the pilot."""
+        home.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(command, cwd=home, env={**self.env, "FLWR_HOME": str(home)}, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self._stack.callback(stop_tree, process.pid)
+        return process
+
+    def flwr(self, *args: str, log_name: str = "flwr", check: bool = True) -> subprocess.CompletedProcess:
+        """A `flwr` CLI command as the coordinator (its output is appended to the named log)."""
+        result = subprocess.run(["flwr", *args], cwd=self.out, env={**self.env, "FLWR_HOME": str(self.home)},
+                                capture_output=True, text=True)
+        with open(self.logs / f"{log_name}.log", "a") as log:
+            log.write(f"$ flwr {' '.join(args)}\n{result.stdout}{result.stderr}\n")
+        if check and result.returncode != 0:
+            raise RunError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed "
+                           f"(code {result.returncode}); see {self.logs / (log_name + '.log')}")
+        return result
+
+    def superlink(self) -> None:
+        """The SuperLink with TLS and SuperNode authentication; its state (registrations) in a database file."""
+        self.port = free_port()
+        link = self.creds / "superlink"
+        process = self.start("superlink", [
+            "flower-superlink", "--host", HOST, "--port", str(self.port),
+            "--ssl-ca-certfile", str(link / "ca.crt"), "--ssl-certfile", str(link / "server.pem"),
+            "--ssl-keyfile", str(link / "server.key"), "--enable-supernode-auth",
+            "--database", str(self.out / "superlink.db"), "--disable-runtime-dependency-installation",
+        ], self.out / "superlink-home")
+        wait_for_port(process, self.port, self.logs / "superlink.log")
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "{HOST}:{self.port}"\n'
+            f'root-certificates = "{(self.creds / "ca" / "ca.crt").resolve()}"\n')
+
+    def register(self, site: str, timeout: float = 30.0) -> None:
+        """Register the site's public key with the SuperLink (a key registered before is fine)."""
+        key = self.creds / "orgs" / site / "auth_key.pub"
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.flwr("supernode", "register", str(key), FEDERATION, "--name", site, check=False)
+            if result.returncode == 0 or "already" in (result.stdout + result.stderr).lower():
+                return
+            if time.monotonic() > deadline:
+                raise RunError(f"could not register {site}'s key; see {self.logs / 'flwr.log'}")
+            time.sleep(1)
+
+    def supernode(self, site: str, data_path: Path, *, key: Path | None = None, ca: Path | None = None,
+                  extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        """The site's SuperNode: TLS with the federation's CA, its auth key, its data file and state folder."""
+        org = self.creds / "orgs" / site
+        node_config = (f"data-path='{data_path}' state-dir='{self.out / 'state' / site}' site-name='{site}' "
+                       f"verify-key='{org / 'signing.pub'}'")
+        process = self.start(f"supernode-{site}", [
+            "flower-supernode", "--superlink", f"{HOST}:{self.port}",
+            "--root-certificates", str(ca or org / "ca.crt"),
+            "--auth-supernode-private-key", str(key or org / "auth_key"),
+            "--port", str(free_port()), "--node-config", node_config, *extra,
+        ], self.out / "nodes" / site)
+        self.supernodes[site] = process
+        return process
+
+    def join(self, sites: dict[str, Path], timeout: float = 120.0) -> None:
+        """Start every site's SuperNode and wait until each has joined the federation.
+
+        A SuperNode restarted soon after its SuperLink died is refused ("Failed to activate
+        SuperNode") until the SuperLink marks it offline: two missed heartbeats, about 60 s in
+        Flower 1.41. Such a SuperNode is started again until it joins or `timeout` passes.
+        """
+        deadline = time.monotonic() + timeout
+        waiting = dict(sites)
+        while waiting:
+            for site, path in list(waiting.items()):
+                log = self.logs / f"supernode-{site}.log"
+                offset = log.stat().st_size if log.exists() else 0
+                process = self.supernode(site, path)
+                while process.poll() is None and "SuperNode ID" not in log.read_text()[offset:]:
+                    time.sleep(0.2)
+                if process.poll() is None:
+                    del waiting[site]
+                elif "Failed to activate SuperNode" not in log.read_text()[offset:] or time.monotonic() > deadline:
+                    raise RunError(f"the SuperNode of {site} exited with code {process.returncode}; see {log}")
+            if waiting:
+                time.sleep(5)
+
+    def run(self, run_config: dict, stream_to=None) -> None:
+        """`flwr run` of this App on the pilot federation; waits for the run to end."""
+        config_file = write_run_config(self.out / "run-config.toml", run_config)
+        command = ["flwr", "run", str(APP_DIR), FEDERATION, "--stream", "--run-config", str(config_file)]
+        with open(self.logs / "flwr-run.log", "a", buffering=1) as log:
+            process = subprocess.Popen(command, cwd=self.out, env={**self.env, "FLWR_HOME": str(self.home)},
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       start_new_session=True)
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    if stream_to is not None:
+                        stream_to.write(line)
+                        stream_to.flush()
+                process.wait()
+            finally:
+                stop_tree(process.pid)
+        if process.returncode != 0:
+            raise RunError(f"flwr run exited with code {process.returncode}; see {self.logs / 'flwr-run.log'}")
+
+
+def slice_sites(frame, folder: Path) -> dict[str, Path]:
+    """One long-format file per site (what each organization holds), from the pilot's data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for site, part in frame.groupby("site", sort=True):
+        paths[site] = folder / f"{site}.parquet"
+        part.reset_index(drop=True).to_parquet(paths[site])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="", help="long-format CSV/Parquet file; default: built-in demo sites")
+    parser.add_argument("--site-column", default="site", help="column grouping series into sites (default: site)")
+    parser.add_argument("--sites", type=int, default=3, help="built-in demo sites to run (default 3)")
+    parser.add_argument("--out", default="", help="pilot folder (default: runs/pilot-<time>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key")
+    parser.add_argument("--resume", action="store_true", help="continue the stopped pilot in --out")
+    parser.add_argument("--quiet", action="store_true", help="do not stream the run's log")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+
+    out = Path(args.out or APP_DIR / "runs" / time.strftime("pilot-%Y%m%d-%H%M%S")).resolve()
+    if args.resume and not (out / "run-config.toml").exists():
+        raise SystemExit(f"--resume: {out} holds no pilot to continue")
+    if not args.resume and out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty: choose another --out, or add --resume to continue the pilot there")
+    overrides = parse_overrides(args.set)
+    data = read_args(DataArgs, {"data-path": str(Path(args.data).resolve()) if args.data else "",
+                                "site-column": args.site_column, "demo-sites": args.sites} | overrides)
+    frame = read_sites(data)
+    freq = frame.attrs["freq"]
+    sites = slice_sites(frame, out / "data")
+    run_config = {**frequency_defaults(seasons(freq)), **overrides, "out-dir": str(out / "server"),
+                  "cache-dir": str(APP_DIR / ".cache"), "min-train-nodes": len(sites),
+                  "sign-key": str(out / "credentials" / "coordinator" / "signing.key"), "resume": args.resume}
+    print(f"pilot in {out}: {len(sites)} sites ({', '.join(sites)}), frequency {freq}", flush=True)
+
+    started = time.monotonic()
+    with Pilot(out) as pilot:
+        try:
+            if not args.resume:
+                generate(pilot.creds, [HOST, "localhost"], list(sites))
+            pilot.superlink()
+            for site in sites:
+                pilot.register(site)
+            pilot.join(sites)
+            pilot.run(run_config, stream_to=None if args.quiet else sys.stdout)
+        except RunError as exc:
+            print(f"pilot failed: {exc}", file=sys.stderr)
+            return 1
+    summary_path = out / "server" / "summary.json"
+    if not summary_path.exists():
+        print(f"pilot failed: the run ended without writing {summary_path}; see {out / 'logs' / 'flwr-run.log'}",
+              file=sys.stderr)
+        return 1
+    summary = json.loads(summary_path.read_text())
+    print()
+    print(format_summary(summary))
+    print(f"wall time {time.monotonic() - started:.0f} s; results: {summary_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
