@@ -1,7 +1,13 @@
 """ClientApp: a thin adapter between Flower messages and `client.site.Site`.
 
 A reply carries the encoder's arrays (train only), a MetricRecord and a ConfigRecord naming the
-site (and, after evaluation, its best alone option and what its guard serves). The head, the data and the local-only model stay in the site's state folder.
+site (and, after evaluation, its best alone option and what its guard serves); with `reports = "minimal"`
+(run config, or the site's own node config) only the arrays and the FedAvg weight. The head, the data
+and the local-only model stay in the site's state folder.
+
+With a trusted key (`verify-key`), a site refuses any encoder the coordinator did not sign for this round
+(SignatureError) before it reads or writes its state; Flower turns the exception into an error reply whose
+reason the server records in per_site.json. With a `state-key` in its node config, the site seals its state.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.privacy import privacy_mod
+from client.secagg import secagg_mod
 from client.site import Site
-from shared.sites import read_sites, select_site
 from shared.config import Settings
 from shared.model import ModelArgs
+from shared.sealing import load_state_key
+from shared.signing import verify_encoder
+from shared.sites import read_sites, select_site
 
 app = ClientApp()
 
@@ -28,6 +38,7 @@ def open_site(context: Context, settings: Settings) -> Site:
     Deployment: the node config names `data-path` (the site's own file), `state-dir` and
     optionally `site-name` (when the file holds several sites). Simulation: the site at position
     `partition-id` among the sorted site names of the run's data, its state under `state-dir`.
+    Either way, a node config `state-key` (a file from `python -m client.state_key`) seals the state.
     """
     node = context.node_config
     torch.set_num_threads(int(node.get("torch-threads", 1)))
@@ -41,36 +52,74 @@ def open_site(context: Context, settings: Settings) -> Site:
         name, frame = select_site(read_sites(settings.data), settings.data.data_path or "built-in demo data",
                                   index=int(node["partition-id"]), expected_sites=int(node["num-partitions"]))
         state_dir = Path(settings.federation.state_dir or Path(settings.federation.out_dir) / "sites") / name
-    return Site.open(name, frame, state_dir, settings.data, settings.site)
+    key = load_state_key(node["state-key"]) if node.get("state-key") else None
+    return Site.open(name, frame, state_dir, settings.data, settings.site, key)
 
 
-def _unpack(msg: Message) -> tuple[ModelArgs, dict[str, torch.Tensor], int, str]:
+def trusted_key(context: Context, settings: Settings) -> str:
+    """The coordinator's public key file this site verifies encoders with; "" accepts unsigned ones.
+
+    Deployment: the node config's `verify-key`, so a server cannot choose the key its sites trust (a run
+    config `verify-key` is refused there). Simulation: the run config's.
+    """
+    node = context.node_config
+    if "verify-key" in node:
+        return str(node["verify-key"])
+    if "data-path" not in node:
+        return settings.privacy.verify_key
+    if settings.privacy.verify_key:
+        raise ValueError("the run config sets verify-key, but a site trusts only the key in its own node config: "
+                         "add verify-key='/path/to/signing.pub' to this SuperNode's --node-config")
+    return ""
+
+
+def _unpack(msg: Message, context: Context, settings: Settings
+            ) -> tuple[ModelArgs, dict[str, torch.Tensor], int, str]:
+    """The message's model arguments, arrays, round and run key; verified first if the site trusts a key."""
     config = msg.content["config"]
+    arrays, server_round = msg.content["arrays"].to_torch_state_dict(), int(config["server-round"])
+    if key := trusted_key(context, settings):
+        verify_encoder(key, arrays, server_round, config.get("encoder-signature"))
     args = ModelArgs.from_dict(json.loads(str(config["model-args"])))
-    return args, msg.content["arrays"].to_torch_state_dict(), int(config["server-round"]), str(config["run-key"])
+    return args, arrays, server_round, str(config["run-key"])
+
+
+def reports_mode(context: Context, settings: Settings) -> str:
+    """What this site reports: the run config's `reports`, unless its node config sets its own."""
+    mode = str(context.node_config.get("reports", settings.privacy.reports))
+    if mode not in ("full", "minimal"):
+        raise ValueError(f"reports must be 'full' or 'minimal', not {mode!r}")
+    return mode
 
 
 def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | None = None,
-           info: dict[str, str] | None = None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site.name, **(info or {})})})
+           info: dict[str, str] | None = None, reports: str = "full") -> Message:
+    """The reply; with reports "minimal" only what aggregation needs: the arrays and, for a train
+    reply, the FedAvg weight (an evaluate reply carries a constant weight of 1, no name, no errors)."""
+    if reports == "minimal":
+        metrics = {"num-examples": metrics["num-examples"] if arrays is not None else 1}
+        site_info = {}
+    else:
+        site_info = {"name": site.name, **(info or {})}
+    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(site_info)})
     if arrays is not None:
         content["arrays"] = ArrayRecord(arrays)
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[secagg_mod, privacy_mod])  # SecAgg+ first: the DP mod sees plain messages
 def train(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
+    args, encoder, server_round, run = _unpack(msg, context, settings)
     site = open_site(context, settings)
-    args, encoder, server_round, run = _unpack(msg)
     sent, metrics = site.train_round(args, settings.train, encoder, server_round, settings.federation.exchange, run)
-    return _reply(msg, site, metrics, arrays=sent)
+    return _reply(msg, site, metrics, arrays=sent, reports=reports_mode(context, settings))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
+    args, encoder, server_round, run = _unpack(msg, context, settings)
     site = open_site(context, settings)
-    args, encoder, server_round, run = _unpack(msg)
     metrics, info = site.evaluate_round(args, settings.train, encoder, server_round, settings.federation.exchange, run)
-    return _reply(msg, site, metrics, info=info)
+    return _reply(msg, site, metrics, info=info, reports=reports_mode(context, settings))

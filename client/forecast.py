@@ -2,18 +2,18 @@
 
     python -m client.forecast --state-dir SITE_STATE --data my_series.csv --out forecast.csv
         [--plot forecast.png] [--site-column site] [--site-name NAME] [--history-points N]
-        [--alone-dir DIR] [--freq h]
+        [--alone-dir DIR] [--freq h] [--state-key KEY]
 
 Reads the long format used in training, and the site's state folder (client/site.py): guard.json
 says what to serve, model.pt is the federated model (its lookback and horizon are the forecast's),
-local_only.pt lives in the alone folder. Each series is regularised as in training; the forecast
-starts one step after its last timestamp. Writes unique_id, ds, y_hat (.csv or .parquet). No Flower.
+local_only.pt lives in the alone folder; a state sealed with the site's state key (node config state-key)
+needs --state-key. Each series is regularised as in training; the forecast starts one step after its
+last timestamp. Writes unique_id, ds, y_hat (.csv or .parquet). No Flower.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from shared.baselines import seasonal_naive
-from shared.checkpoint import load_model, write_atomic
+from shared.checkpoint import load_model, read_json, write_atomic
 from shared.data import DataError, read_long, regularize, season_length
 from shared.model import Forecaster, ModelArgs
+from shared.sealing import load_state_key
 from shared.sites import select_site
 from shared.statistical import SLOW_MODELS, STAT_MODELS, fit_model
 from shared.train import predict
@@ -42,16 +43,16 @@ class Served:
     args: ModelArgs  # lookback and horizon of the forecast
 
 
-def load_served(state_dir: Path, alone_dir: Path | None = None) -> Served:
-    """Read guard.json and the model it points to; never falls back to anything else."""
+def load_served(state_dir: Path, alone_dir: Path | None = None, key: bytes | None = None) -> Served:
+    """Read guard.json and the model it points to, unsealed with `key` if given; never falls back to anything else."""
     guard_path, model_path = state_dir / "guard.json", state_dir / "model.pt"
     if not guard_path.exists():
         raise DataError(f"{guard_path} not found: this site never evaluated, so its guard has not chosen "
                         "what to serve; run an evaluation round first")
     if not model_path.exists():
         raise DataError(f"{model_path} not found: the site's state folder has no trained model")
-    guard = json.loads(guard_path.read_text())
-    model, meta = load_model(model_path)
+    guard = read_json(guard_path, key)
+    model, meta = load_model(model_path, key)
     serve, choice = guard.get("serve"), guard.get("alone_choice")
     if serve == "federated":
         if meta.get("phase") != "evaluate" or meta.get("round") != guard.get("round"):
@@ -65,7 +66,7 @@ def load_served(state_dir: Path, alone_dir: Path | None = None) -> Served:
         if not local_path.exists():
             raise DataError(f"{local_path} not found: the guard serves local_only (pass --alone-dir if the "
                             "site keeps its alone options elsewhere)")
-        local, _ = load_model(local_path)
+        local, _ = load_model(local_path, key)
         return Served("alone_best: local_only", local, local.args)
     if choice in ("naive", *STAT_MODELS, *SLOW_MODELS) or str(choice).startswith("seasonal_naive_"):
         return Served(f"alone_best: {choice}", choice, model.args)
@@ -143,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alone-dir", type=Path, help="folder holding local_only.pt (default: --state-dir)")
     parser.add_argument("--freq", help="pandas frequency alias (default: inferred, as in training)")
     parser.add_argument("--history-points", type=int, help="history shown in the plot (default 3 lookbacks)")
+    parser.add_argument("--state-key", type=Path, help="the site's state key, if its state is sealed (node config "
+                        "state-key)")
     args = parser.parse_args(argv)
     try:
         if args.out.suffix.lower() not in OUT_SUFFIXES:
             raise DataError(f"{args.out}: unsupported output type (use {', '.join(OUT_SUFFIXES)})")
-        served = load_served(args.state_dir, args.alone_dir)
+        key = load_state_key(args.state_key) if args.state_key else None
+        served = load_served(args.state_dir, args.alone_dir, key)
         frame = read_long(args.data, site_col=args.site_column or None, freq=args.freq)
         site, frame = select_site(frame, args.data, name=args.site_name)
         forecast, history = forecast_frame(frame, served)

@@ -8,6 +8,7 @@ State folder (never leaves the site):
 Alone folder (the state folder unless configured otherwise):
   alone.json    validation and test errors of every option the site has alone, and the best one
   local_only.pt the site's own architecture trained on its data alone
+With a state key (shared.sealing), every one of these files is sealed with it: unreadable without it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from shared.baselines import seasonal_naive, simple_name
-from shared.checkpoint import load_encoder, save_model, write_atomic, write_json
+from shared.checkpoint import load_encoder, load_torch, read_json, save_model, write_atomic, write_json
 from shared.config import DataArgs, SiteArgs
 from shared.data import GapReport, Splits, Windows, make_splits, regularize, season_length
 from shared.guard import decide
@@ -79,7 +80,7 @@ def model_scores(model: Forecaster, splits: Splits) -> dict:
 
 @dataclass
 class Site:
-    """One site: its regularised series, gap report, state folder and settings."""
+    """One site: its regularised series, gap report, state folder, settings and state key (None: plain files)."""
 
     name: str
     frame: pd.DataFrame
@@ -87,12 +88,13 @@ class Site:
     state_dir: Path
     data: DataArgs
     options: SiteArgs = SiteArgs()
+    key: bytes | None = None
 
     @classmethod
     def open(cls, name: str, frame: pd.DataFrame, state_dir: str | Path, data: DataArgs,
-             options: SiteArgs = SiteArgs()) -> Site:
+             options: SiteArgs = SiteArgs(), key: bytes | None = None) -> Site:
         regular, gaps = regularize(frame)
-        return cls(name, regular, gaps, Path(state_dir), data, options)
+        return cls(name, regular, gaps, Path(state_dir), data, options, key)
 
     def splits(self, args: ModelArgs) -> Splits:
         return make_splits(self.frame, args.lookback, args.horizon, self.data.val_size,
@@ -114,7 +116,7 @@ class Site:
         """This run's kept heads by step ({} for a new run)."""
         if not self.heads_path.exists():
             return {}
-        kept = torch.load(self.heads_path, map_location="cpu", weights_only=True)
+        kept = load_torch(self.heads_path, self.key)
         if kept["run"] != run:
             return {}
         if kept["model_args"] != args.to_dict():
@@ -128,8 +130,9 @@ class Site:
         heads[at] = model.head.state_dict()
         kept = {"run": run, "model_args": model.args.to_dict(),
                 "heads": {s: heads[s] for s in sorted(heads)[-HEADS_KEPT:]}}
-        write_atomic(self.heads_path, lambda f: torch.save(kept, f))
-        save_model(self.model_path, model, {"run": run, "step": at})
+        write_atomic(self.heads_path, lambda f: torch.save(kept, f), self.key)
+        meta = {"run": run, "round": at // 2, "phase": "evaluate" if at % 2 else "train"}
+        save_model(self.model_path, model, meta, self.key)
 
     def restore(self, args: ModelArgs, received: dict[str, torch.Tensor], exchange: str = "encoder",
                 train_windows: Windows | None = None, run: str = "", at: int = 2) -> Forecaster:
@@ -196,7 +199,7 @@ class Site:
         judged = [np.asarray(result["val_windows"])[judging] for result in (federated, best)]
         decision = decide(*judged, margin=self.options.guard_margin)
         write_json(self.state_dir / "guard.json", {"round": server_round, "alone_choice": alone["best"],
-                                                   **decision.to_dict()})
+                                                   **decision.to_dict()}, self.key)
         arms = {**alone["options"], "alone_best": best, "federated": federated,
                 "served": federated if decision.serve == "federated" else best}
         metrics = {"num-examples": len(splits.test), "filled-points": self.gaps.filled,
@@ -215,11 +218,11 @@ class Site:
         fitting windows of `fit`).
         """
         path = self.alone_dir / "alone.json"
-        key = {"model_args": args.to_dict(), "train": train.__dict__, "stat_models": self.options.stat_models,
-               "val_size": self.data.val_size, "test_size": self.data.test_size, "stride": self.data.stride}
+        cache_key = {"model_args": args.to_dict(), "train": train.__dict__, "stat_models": self.options.stat_models,
+                     "val_size": self.data.val_size, "test_size": self.data.test_size, "stride": self.data.stride}
         if path.exists():
-            cached = json.loads(path.read_text())
-            if cached["key"] == json.loads(json.dumps(key)):
+            cached = read_json(path, self.key)
+            if cached["key"] == json.loads(json.dumps(cache_key)):
                 return cached
         options = {}
         for lag in args.lags:
@@ -232,11 +235,11 @@ class Site:
             pred = statistical_predictions(self.frame, both, n_train, args.horizon, season, stat).pred
             options[stat] = scores(pred[: len(splits.val)], pred[len(splits.val):], splits)
         model, lr = self._local_only(args, train, fit)
-        save_model(self.alone_dir / "local_only.pt", model, {"lr": lr})
+        save_model(self.alone_dir / "local_only.pt", model, {"lr": lr}, self.key)
         options["local_only"] = model_scores(model, splits)
         best = min(options, key=lambda name: (options[name]["val"]["mae"], name))
-        result = {"key": key, "options": options, "best": best}
-        write_json(path, result)
+        result = {"key": cache_key, "options": options, "best": best}
+        write_json(path, result, self.key)
         return result
 
     def _local_only(self, args: ModelArgs, train: TrainArgs, splits: Splits) -> tuple[Forecaster, float]:

@@ -1,5 +1,8 @@
 """ServerApp: loads (or pretrains) the shared encoder and runs encoder-only FedAvg rounds.
 
+With `sign-key` (the coordinator's Ed25519 private key), every encoder it sends is signed for its round.
+With `secagg = true`, training rounds run under SecAgg+ (server.secagg): the server sees only the sum.
+
 Writes to `out-dir`: `global_encoder.pt` and `server_state.pt` after every round (server.rounds;
 `resume = true` continues from them), `per_site.json` (every reply's metrics with its site, and
 the sites that did not answer) and, at the end, `summary.json` (the per-site results table).
@@ -10,19 +13,23 @@ from __future__ import annotations
 import json
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.privacy import DpStrategy, wrap_strategy
 from server.rounds import STATE_FILE, RunState, run_rounds
+from server.secagg import run_secagg_rounds
 from server.strategy import EncoderFedAvg
 from shared.checkpoint import write_json
-from shared.config import Settings, to_config
+from shared.config import PrivacyArgs, Settings, to_config
 from shared.model import Forecaster, ModelArgs, count_parameters, state_bytes
 from shared.pretrain import initial_model
 from shared.results import site_table
+from shared.signing import load_private_key, sign_encoder
 
 app = ServerApp()
 
@@ -38,6 +45,8 @@ def main(grid: Grid, context: Context) -> None:
         raise ValueError(f"exchange must be 'encoder' or 'model', not {fed.exchange!r}")
     if fed.min_train_nodes < 1:
         raise ValueError("min-train-nodes must be at least 1")
+    sign_key = settings.privacy.sign_key
+    sign = partial(sign_encoder, load_private_key(sign_key)) if sign_key else None  # a bad key fails here
     out = Path(fed.out_dir)
     config = dict(context.run_config)
     started = time.monotonic()
@@ -56,11 +65,13 @@ def main(grid: Grid, context: Context) -> None:
         state = RunState(arrays=shared, config=config, model_args=model_args.to_dict())
     print(f"run {state.run_key}: rounds {state.round + 1}..{fed.num_server_rounds}", flush=True)
 
-    strategy = EncoderFedAvg(
+    fedavg = EncoderFedAvg(
         out, fraction_train=fed.fraction_train, fraction_evaluate=1.0,
         min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_train_nodes,
         min_available_nodes=fed.min_train_nodes,
     )
+    strategy = wrap_strategy(fedavg, settings.privacy, num_sites=max(fed.wait_for_nodes, fed.min_train_nodes))
+    dp = strategy if isinstance(strategy, DpStrategy) else None
     if state.round == 0:
         wait_for_nodes(grid, fed.wait_for_nodes or fed.min_train_nodes)
     message_config = {"model-args": json.dumps(state.model_args), "run-key": state.run_key}
@@ -69,8 +80,11 @@ def main(grid: Grid, context: Context) -> None:
         every = fed.evaluate_every
         return server_round == fed.num_server_rounds or bool(every and server_round % every == 0)
 
-    state = run_rounds(strategy, grid, state, out, fed.num_server_rounds, ConfigRecord(message_config),
-                       ConfigRecord(message_config), evaluate_due, {"strategy": strategy}, fed.round_timeout)
+    rounds = (partial(run_secagg_rounds, context=context, settings=settings, fedavg=fedavg)
+              if settings.privacy.secagg else run_rounds)
+    state = rounds(strategy, grid, state, out, fed.num_server_rounds, ConfigRecord(message_config),
+                   ConfigRecord(message_config), evaluate_due, {"strategy": fedavg} | ({"privacy": dp} if dp else {}),
+                   fed.round_timeout, sign)
 
     model = Forecaster(model_args)
     write_json(out / "summary.json", {
@@ -80,11 +94,23 @@ def main(grid: Grid, context: Context) -> None:
         "encoder": {"origin": origin, "parameters": count_parameters(model.encoder),
                     "update_bytes": state_bytes(model.encoder.state_dict()),
                     "head_parameters": count_parameters(model.head)},
-        "seconds": {"initial_encoder": pretrain_seconds, "rounds": strategy.round_times,
+        "seconds": {"initial_encoder": pretrain_seconds, "rounds": fedavg.round_times,
                     "total": time.monotonic() - started},
-        "sites": site_table(strategy.log.rows),
-        "missing": strategy.log.missing(),
+        "sites": site_table(fedavg.log.rows),
+        "missing": fedavg.log.missing(),
+        "privacy": privacy_summary(settings.privacy, dp),
     })
+
+
+def privacy_summary(privacy: PrivacyArgs, dp: DpStrategy | None) -> dict:
+    """The privacy settings in force (key paths left out) and the ε spent after each round."""
+    summary = {"secagg": privacy.secagg, "signed": bool(privacy.sign_key), "reports": privacy.reports,
+               "dp": privacy.dp}
+    if dp is not None:
+        summary |= {"dp_clip": privacy.dp_clip, "dp_noise": privacy.dp_noise, "dp_delta": privacy.dp_delta,
+                    "dp_epsilon_budget": privacy.dp_epsilon_budget, "epsilon_by_round": dp.epsilon_by_round,
+                    "epsilon": dp.epsilon(), "stopped_before_round": dp.stopped_before}
+    return summary
 
 
 def wait_for_nodes(grid: Grid, count: int) -> None:

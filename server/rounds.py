@@ -74,10 +74,13 @@ class RunState:
 
 def run_rounds(strategy, grid: Grid, state: RunState, out_dir: Path, num_rounds: int,
                train_config: ConfigRecord, evaluate_config: ConfigRecord,
-               evaluate_due: Callable[[int], bool], parts: dict[str, Stateful], timeout: float) -> RunState:
+               evaluate_due: Callable[[int], bool], parts: dict[str, Stateful], timeout: float,
+               sign: Callable[[dict[str, torch.Tensor], int], bytes] | None = None) -> RunState:
     """Train (and evaluate where due) rounds `state.round + 1 .. num_rounds`; returns the final state.
 
     Resuming a run whose last round's evaluation did not complete runs that evaluation first.
+    Given `sign(arrays, server_round)`, every train and evaluate message carries `encoder-signature`, its
+    arrays signed for its round (shared.signing).
     """
     if state.random_state is not None:
         random.setstate(state.random_state)
@@ -91,15 +94,21 @@ def run_rounds(strategy, grid: Grid, state: RunState, out_dir: Path, num_rounds:
         new.save(out_dir)
         return new
 
+    def configure(configure_phase, config: ConfigRecord, server_round: int):
+        """The strategy's messages sending the current arrays, their signature for this round added if `sign`."""
+        if sign:
+            config = ConfigRecord({**config, "encoder-signature": sign(state.arrays, server_round)})
+        return configure_phase(server_round, ArrayRecord(state.arrays), config, grid)
+
     def evaluate(server_round: int) -> RunState:
-        messages = strategy.configure_evaluate(server_round, ArrayRecord(state.arrays), evaluate_config, grid)
+        messages = configure(strategy.configure_evaluate, evaluate_config, server_round)
         strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
         return checkpoint(evaluated=True)
 
     if state.round and not state.evaluated and evaluate_due(state.round):
         state = evaluate(state.round)
     for server_round in range(state.round + 1, num_rounds + 1):
-        messages = strategy.configure_train(server_round, ArrayRecord(state.arrays), train_config, grid)
+        messages = configure(strategy.configure_train, train_config, server_round)
         arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages, timeout=timeout))
         state = checkpoint(round=server_round, evaluated=False, arrays=arrays.to_torch_state_dict())
         if evaluate_due(server_round):

@@ -14,8 +14,6 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.checkpoint import write_atomic
-
 MAGIC, VERSION = b"fedts-sealed", 1
 HEADER = MAGIC + bytes([VERSION])
 KEY_BYTES, NONCE_BYTES, TAG_BYTES = 32, 12, 16
@@ -26,17 +24,22 @@ class SealError(ValueError):
 
 
 def generate_state_key(path: str | Path) -> bytes:
-    """Write a new random key (base64, file mode 0600) to `path` and return it; refuses to replace a key."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path}: a state key is already there; replacing it would make every file sealed "
-                              "with it unreadable")
-    key = os.urandom(KEY_BYTES)
+    """Write a new random key (base64, file mode 0600) to `path` and return it; refuses to replace a key.
 
-    def write(f):
-        os.fchmod(f.fileno(), 0o600)  # before any byte is written
+    The file is created exclusively, so a key that appears meanwhile is not replaced either.
+    """
+    path = Path(path)
+    key = os.urandom(KEY_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise FileExistsError(f"{path}: a state key is already there; replacing it would make every file sealed "
+                              "with it unreadable") from None
+    with os.fdopen(fd, "wb") as f:
         f.write(base64.b64encode(key) + b"\n")
-    write_atomic(path, write)
+        f.flush()
+        os.fsync(f.fileno())
     return key
 
 

@@ -7,8 +7,8 @@ then validation) and is tested on rolling origins in the `test-size` points afte
 naive and seasonal naive, AutoETS and AutoTheta, local_only, alone_best (the best of those on
 validation), pretrained_zero_shot, pretrained_only, pooled_oracle (pools private data), and the
 federated arms run through Flower's simulation engine: federated (the product), federated_scratch
-(random encoder), fedavg_global (whole model federated) and served (what each site's guard serves).
-Writes DIR/report.json, per_site.csv, report.md and plots.
+(random encoder), fedavg_global (whole model federated) and served (what each site's guard serves);
+with --dp-epsilons, federated_dp_eps<ε> and served_dp_eps<ε> (the product under central DP). Writes DIR/report.json, per_site.csv, report.md and plots.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from shared.pretrain import initial_model
 from shared.sites import read_sites
 from shared.model import Forecaster
 from shared.train import anchor_head, fine_tune
+from server.privacy import noise_for_epsilon
 from simulations.report import write_report
 from simulations.runner import APP_DIR, exit_on_sigterm, run_app
 
@@ -45,6 +46,15 @@ FEDERATED_ARMS = {  # arm -> run-config overrides of the same App
     "federated_scratch": {"init": "random"},
     "fedavg_global": {"exchange": "model"},
 }
+
+
+IN_PROCESS_ARMS = ("pretrained_zero_shot", "pretrained_only", "pooled_oracle")
+
+
+def dp_arms(epsilons: list[float], rounds: int, delta: float) -> dict[str, dict]:
+    """`federated_dp_eps<ε>` arms: the product with central DP, its noise calibrated to spend ε over the rounds."""
+    return {f"federated_dp_eps{e:g}": {"dp": "central", "dp-noise": noise_for_epsilon(e, rounds, delta),
+                                        "dp-delta": delta, "dp-epsilon-budget": e} for e in epsilons}
 
 
 def log(message: str, started: float) -> None:
@@ -115,9 +125,13 @@ def federated_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
     return list(last.values()), [r for r in rows if r["phase"] == "train"]
 
 
-def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: list[str], started: float,
+def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict[str, dict | None], started: float,
                stream) -> tuple[list[dict], list[dict], list[dict], dict[str, float]]:
-    """Every arm on one data slice: (result rows, guard rows, round rows, wall seconds per arm)."""
+    """Every arm on one data slice: (result rows, guard rows, round rows, wall seconds per arm).
+
+    `arms`: arm -> run-config overrides for the federated arms, None for the in-process ones. A DP arm
+    `federated_dp_eps<ε>` also yields `served_dp_eps<ε>`, what the guards serve with it.
+    """
     work.mkdir(parents=True, exist_ok=True)
     data_path = work / "data.parquet"
     part.to_parquet(data_path)
@@ -125,18 +139,22 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: list
     base = {**settings_config, "data-path": str(data_path), "alone-dir": str(work / "alone")}
     settings = Settings.from_config(base)
     results, guards, rounds, seconds = [], [], [], {}
-    for arm in [a for a in FEDERATED_ARMS if a in arms]:
+    for arm, overrides in ((a, o) for a, o in arms.items() if o is not None):
         t0 = time.monotonic()
         out = work / arm
-        run_app({**base, **FEDERATED_ARMS[arm], "out-dir": str(out)}, n_sites, out / "flower", stream_to=stream)
+        run_app({**base, **overrides, "out-dir": str(out)}, n_sites, out / "flower", stream_to=stream)
         last, train_rows = federated_rows(out)
         seconds[arm] = time.monotonic() - t0
         log(f"  {arm}: {seconds[arm]:.0f} s", started)
         rounds += [{"arm": arm, "round": r["round"], "site": r["site"], "val_mae": r["val-mae"]} for r in train_rows]
         for row in last:
-            names = ["federated"] if arm != "federated" else sorted({k.split(":")[0] for k in row if ":test-" in k})
-            for name in names:
-                label = arm if name == "federated" else name
+            if arm == "federated":  # every arm a site scores itself: alone options, federated, served
+                labels = {name: name for name in sorted({k.split(":")[0] for k in row if ":test-" in k})}
+            elif arm.startswith("federated_dp"):
+                labels = {"federated": arm, "served": arm.replace("federated", "served", 1)}
+            else:
+                labels = {"federated": arm}
+            for name, label in labels.items():
                 results.append({"site": row["site"], "arm": label,
                                 **{m: row[f"{name}:test-{m}"] for m in METRICS}})
             if arm == "federated":
@@ -144,7 +162,7 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: list
                                "val_mae_federated": row["federated:val-mae"],
                                "val_mae_alone": row["alone_best:val-mae"],
                                "val_win_share": row["guard:val-win-share"], "margin": settings.site.guard_margin})
-    local = [a for a in ("pretrained_zero_shot", "pretrained_only", "pooled_oracle") if a in arms]
+    local = [a for a in IN_PROCESS_ARMS if a in arms]
     if local:
         t0 = time.monotonic()
         torch.set_num_threads(1)
@@ -235,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-sites", type=int, help="use the first N sites (sorted by name)")
     parser.add_argument("--arms", default="all", help="comma-separated subset of the learned arms, or all")
+    parser.add_argument("--dp-epsilons", default="", help="comma-separated ε values: a federated_dp_eps<ε> and "
+                        "served_dp_eps<ε> arm each (central DP, noise calibrated to spend ε over --rounds)")
+    parser.add_argument("--dp-delta", type=float, default=1e-5, help="δ of the DP arms (default 1e-5)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
     parser.add_argument("--verbose", action="store_true", help="stream Flower's logs")
     parser.add_argument("--resume", action="store_true", help="reuse the finished cutoffs of an earlier run "
@@ -261,14 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     histories = [int(h) for h in args.history.split(",")] if args.history else \
         [int(config["lookback"]) + 4 * int(config["val-size"])]
     spacing = args.spacing or int(config["test-size"])
-    arms = list(FEDERATED_ARMS) + ["pretrained_zero_shot", "pretrained_only", "pooled_oracle"] \
-        if args.arms == "all" else args.arms.split(",")
+    epsilons = [float(e) for e in args.dp_epsilons.split(",")] if args.dp_epsilons else []
+    known = {**FEDERATED_ARMS, **{a: None for a in IN_PROCESS_ARMS}}
+    chosen_arms = list(known) if args.arms == "all" else args.arms.split(",")
+    if unknown := sorted(set(chosen_arms) - set(known)):
+        raise SystemExit(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    arm_overrides = {a: known[a] for a in chosen_arms} | dp_arms(epsilons, args.rounds, args.dp_delta)
+    arms = list(arm_overrides)
+    for arm, overrides in arm_overrides.items():
+        if overrides and "dp-noise" in overrides:
+            log(f"{arm}: dp-noise {overrides['dp-noise']:.4g} spends ε {overrides['dp-epsilon-budget']:g} at "
+                f"δ {args.dp_delta:g} over {args.rounds} rounds", started)
     log(f"{args.data or 'built-in demo sites'}: frequency {freq}, {frame['site'].nunique()} sites; "
         f"histories {histories}; settings " + ", ".join(f"{k}={config[k]}" for k in defaults), started)
 
     rows, guards, rounds, cutoff_rows = [], [], [], []
     wall: dict[str, float] = {}
-    fingerprint = json.dumps([args.data, args.max_sites, arms, config], sort_keys=True, default=str)
+    fingerprint = json.dumps([args.data, args.max_sites, arm_overrides, config], sort_keys=True, default=str)
     plan = [(history, index, cutoff) for history in histories
             for index, cutoff in enumerate(cutoff_times(frame, history, int(config["test-size"]), args.cutoffs, spacing))]
     for history, index, cutoff in plan:
@@ -279,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"history {history}, cutoff {index}: first test point {cutoff}", started)
             part = window_slice(frame, cutoff, history, int(config["test-size"]))
             shutil.rmtree(work, ignore_errors=True)  # an unfinished earlier attempt: start it afresh
-            result, guard, round_rows, seconds = run_cutoff(config, part, work, arms, started,
+            result, guard, round_rows, seconds = run_cutoff(config, part, work, arm_overrides, started,
                                                             sys.stdout if args.verbose else None)
             done = {"fingerprint": fingerprint, "sites": int(part["site"].nunique()), "results": result,
                     "guard": guard, "rounds": round_rows, "seconds": seconds}

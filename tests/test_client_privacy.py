@@ -1,4 +1,5 @@
-"""What leaves a site: a reply carries exactly the encoder's tensors, a site name and metrics."""
+"""What leaves a site: a reply carries exactly the encoder's tensors, a site name and metrics (or, with
+reports = minimal, the encoder and its FedAvg weight alone)."""
 
 import json
 
@@ -66,4 +67,37 @@ def test_deployment_node_needs_a_state_folder(tiny_settings, tmp_path):
     context = Context(run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "x.csv")}, state=RecordDict(),
                       run_config={**TINY})
     with pytest.raises(ValueError, match="state-dir"):
+        client_app(msg, context)
+
+
+@pytest.mark.parametrize("where", ["run", "node"])
+def test_minimal_reports_send_only_the_encoder_and_its_weight(tiny_settings, tmp_path, where):
+    context = _context(tmp_path)
+    if where == "run":
+        context.run_config["reports"] = "minimal"
+    else:  # a site may reduce what it sends whatever the run config says
+        context.node_config["reports"] = "minimal"
+    model, msg = _message(tiny_settings)
+    reply = client_app(msg, context)
+    assert not reply.has_error()
+    assert set(reply.content.array_records["arrays"].to_torch_state_dict()) == set(model.encoder.state_dict())
+    assert dict(reply.content.metric_records["metrics"]) == {"num-examples": reply.content["metrics"]["num-examples"]}
+    assert reply.content["metrics"]["num-examples"] > 1
+    assert dict(reply.content.config_records["site"]) == {}
+
+    _, msg = _message(tiny_settings, "evaluate")
+    reply = client_app(msg, context)
+    assert not reply.has_error()
+    assert len(reply.content.array_records) == 0
+    assert dict(reply.content.metric_records["metrics"]) == {"num-examples": 1}
+    assert dict(reply.content.config_records["site"]) == {}
+    # the site still decided what it serves, and kept it
+    assert (tmp_path / "sites" / "site00" / "guard.json").exists()
+
+
+def test_an_unknown_reports_mode_is_refused(tiny_settings, tmp_path):
+    context = _context(tmp_path)
+    context.node_config["reports"] = "some"
+    _, msg = _message(tiny_settings)
+    with pytest.raises(ValueError, match="reports must be 'full' or 'minimal'"):
         client_app(msg, context)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.flower
 
 ARMS = {"naive", "seasonal_naive_24", "auto_ets", "auto_theta", "local_only", "alone_best",
         "pretrained_zero_shot", "pretrained_only", "fedavg_global", "federated", "federated_scratch",
-        "pooled_oracle", "served"}
+        "pooled_oracle", "served", "federated_dp_eps4", "served_dp_eps4"}
 MODEL_KEYS = ("lags", "patch-len", "patch-stride", "d-model", "n-heads", "n-layers", "d-ff", "corpus-series",
               "corpus-length", "pretrain-epochs", "max-epochs", "steps-per-epoch", "batch-size")
 
@@ -23,7 +23,7 @@ def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
     demo_sites(n_sites=3, length=24 * 30, seed=1).to_csv(data, index=False)
     argv = ["--data", str(data), "--out", str(tmp_path / "report"), "--history", "264", "--cutoffs", "2",
             "--rounds", "2", "--lookback", "48", "--horizon", "12", "--val-size", "96", "--test-size", "48",
-            "--stride", "12", "--set", f"cache-dir={tmp_path / 'cache'}"]
+            "--stride", "12", "--dp-epsilons", "4", "--set", f"cache-dir={tmp_path / 'cache'}"]
     for key in MODEL_KEYS:
         argv += ["--set", f"{key}={TINY[key]}"]
     assert main(argv) == 0
@@ -46,6 +46,14 @@ def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
         chosen = "federated" if g["serve"] == "federated" else "alone_best"
         assert by_key[(g["site"], g["cutoff"], "served")] == by_key[(g["site"], g["cutoff"], chosen)]
     assert len(report["guard"]) == 3 * 2
+    # the DP arm spent its ε (noise calibrated for the rounds) and serves federated_dp or alone_best
+    for work in (tmp_path / "report" / "work").iterdir():
+        privacy = json.loads((work / "federated_dp_eps4" / "summary.json").read_text())["privacy"]
+        assert privacy["dp"] == "central" and privacy["stopped_before_round"] is None
+        assert 3.9 < privacy["epsilon"] <= 4.0 and sorted(privacy["epsilon_by_round"]) == ["1", "2"]
+    for (site, cutoff, arm), mae in by_key.items():
+        if arm == "served_dp_eps4":
+            assert mae in (by_key[site, cutoff, "federated_dp_eps4"], by_key[site, cutoff, "alone_best"])
     assert {r["round"] for r in report["rounds"]} == {1, 2}
     assert {s["arm"] for s in report["summary"]} == ARMS
     for name in ("per_site.csv", "report.md", "skill_by_site.png", "skill_distribution.png"):
@@ -56,3 +64,4 @@ def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
     again = json.loads((tmp_path / "report" / "report.json").read_text())
     assert again["per_site"] == per_site and again["config"]["complete"]
     assert "reusing" in capsys.readouterr().out
+

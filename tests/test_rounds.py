@@ -8,7 +8,9 @@ import json
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
 from server.app import main as server_main
@@ -24,10 +26,15 @@ class Crash(RuntimeError):
 
 
 class FakeGrid:
-    """Delivers messages to the ClientApp in-process; can lose a node or crash after n deliveries."""
+    """Delivers messages to the ClientApp in-process; can lose a node or crash after n deliveries.
 
-    def __init__(self, state_dir, crash_after=None, lost=()):
+    `node_config` adds to a node's config (node id -> entries). As Flower's runtime does, an exception
+    in the ClientApp becomes an error reply whose reason holds the exception's type and message.
+    """
+
+    def __init__(self, state_dir, crash_after=None, lost=(), node_config=None):
         self.state_dir, self.crash_after, self.lost = state_dir, crash_after, set(lost)
+        self.node_config = node_config or {}
         self.delivered = 0
 
     def get_node_ids(self):
@@ -42,9 +49,14 @@ class FakeGrid:
             if self.crash_after is not None and self.delivered >= self.crash_after:
                 raise Crash
             received = flower_message(msg.content, msg.metadata.message_type, src_node_id=0, dst_node_id=node)
-            context = Context(run_id=1, node_id=node, node_config={"partition-id": SITES[node], "num-partitions": 2},
+            node_config = {"partition-id": SITES[node], "num-partitions": 2, **self.node_config.get(node, {})}
+            context = Context(run_id=1, node_id=node, node_config=node_config,
                               state=RecordDict(), run_config={**self.run_config, "state-dir": str(self.state_dir)})
-            replies.append(client_app(received, context))
+            try:
+                replies.append(client_app(received, context))
+            except Exception as ex:  # as flwr.supernode.runtime.run_clientapp reports it
+                error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(ex)}:<'{ex}'>")
+                replies.append(Message(error, reply_to=received))
             self.delivered += 1
         return replies
 
@@ -53,6 +65,7 @@ def _run(tmp_path, name, grid, **changes):
     run_config = {**TINY, "demo-sites": 2, "stat-models": "", "num-server-rounds": 3, "out-dir": str(tmp_path / name),
                   "cache-dir": str(tmp_path / "cache"), **changes}
     grid.run_config = run_config
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # as the ServerApp's runtime sets it
     server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     return tmp_path / name
 
@@ -105,3 +118,15 @@ def test_too_few_answers_stop_the_run_naming_the_missing_sites(tmp_path):
     with pytest.raises(TooFewSites, match="1 sites answered, at least 2 needed.*missing: node-12"):
         _run(tmp_path, "few", FakeGrid(tmp_path / "s", lost={12}))
     assert not (tmp_path / "few" / STATE_FILE).exists()  # no round completed, nothing to resume from
+
+
+def test_a_minimal_reports_run_completes_with_nameless_sites_and_no_figures(tmp_path):
+    full = _run(tmp_path, "full", FakeGrid(tmp_path / "full-sites"), **{"num-server-rounds": 1})
+    out = _run(tmp_path, "minimal", FakeGrid(tmp_path / "min-sites"), **{"num-server-rounds": 1, "reports": "minimal"})
+    assert json.loads((out / "summary.json").read_text())["sites"] == []
+    rows = json.loads((out / "per_site.json").read_text())
+    assert {r["site"] for r in rows} == {"node-11", "node-12"}
+    assert all(set(r) == {"round", "phase", "node_id", "site", "num-examples"} for r in rows)
+    # the same aggregate as a full-reports run: nothing aggregation needs was dropped
+    a, b = _encoder(full), _encoder(out)
+    assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
