@@ -125,6 +125,7 @@ def superlink(home: Path, log_path: Path, timeout: float = 60.0):
         yield address, env
     finally:
         stop_tree(process.pid)
+        stop_marked("FLWR_HOME", str(home))  # its processes that left the tree (Ray actors, on a busy machine)
 
 
 def run_app(run_config: dict, num_supernodes: int, workdir: Path, cpus_per_client: int = 1,
