@@ -159,19 +159,20 @@ class Site:
                     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train on the site's data and return (what goes back to the server, metrics).
 
-        exchange "encoder": fine-tune (head, then head and encoder); keep the head, send the encoder.
-        exchange "model": train every weight of the received model and send them all.
+        exchange "encoder": fine-tune (head, then head and encoder for `train.local_epochs`); keep the
+        head, send the encoder. exchange "model": train every weight of the received model and send them all.
         """
         splits, _ = divide(self.splits(args))  # training sees the fitting windows only
         at = step(server_round, "train")
         model = self.restore(args, received, exchange, splits.train, run, at)
         seeded = _with_seed(train, round_seed(train.seed, self.name, server_round))
         if exchange == "model":
-            fit = train_scratch(model, splits, seeded)
-            metrics = {"val-mae-probe": fit.val_curve[0], "val-mae": fit.best_val_mae, "epochs": fit.epochs}
+            fit = train_scratch(model, splits, seeded, epochs=train.local_epochs)
+            metrics = {"val-mae-probe": fit.val_curve[0], "val-mae": fit.returned_val_mae(bool(train.local_epochs)),
+                       "epochs": fit.epochs}
         else:
-            probe, fit = fine_tune(model, splits, seeded)
-            metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.best_val_mae,
+            probe, fit = fine_tune(model, splits, seeded, epochs=train.local_epochs)
+            metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.returned_val_mae(bool(train.local_epochs)),
                        "epochs": probe.epochs + fit.epochs}
         self.keep(model, run, at)
         sent = model.state_dict() if exchange == "model" else model.encoder.state_dict()

@@ -109,7 +109,8 @@ def privacy_summary(privacy: PrivacyArgs, dp: DpStrategy | None) -> dict:
     if dp is not None:
         summary |= {"dp_clip": privacy.dp_clip, "dp_noise": privacy.dp_noise, "dp_delta": privacy.dp_delta,
                     "dp_epsilon_budget": privacy.dp_epsilon_budget, "epsilon_by_round": dp.epsilon_by_round,
-                    "epsilon": dp.epsilon(), "stopped_before_round": dp.stopped_before}
+                    "epsilon": dp.epsilon(), "stopped_before_round": dp.stopped_before,
+                    "update_norms_by_round": dp.update_norms_by_round}
     return summary
 
 

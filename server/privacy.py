@@ -96,6 +96,7 @@ class DpStrategy(Strategy):
         self.accountant = _accountant(privacy.dp_delta, num_sites)
         self.round_event = GaussianPrivacyEvent(privacy.dp_noise, num_sites, num_sites)
         self.epsilon_by_round: dict[int, float] = {}
+        self.update_norms_by_round: dict[int, list[float]] = {}  # central: each update's L2 norm before clipping
         self.stopped_before: int | None = None
         self.rng = np.random.default_rng()  # central noise; unseeded, so runs cannot replay it
         self._sent = ArrayRecord()
@@ -123,26 +124,30 @@ class DpStrategy(Strategy):
         replies = list(replies)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if self.privacy.dp == "central" and arrays is not None:
-            arrays = self._noisy_mean([r for r in replies if not r.has_error()])
+            arrays = self._noisy_mean(server_round, [r for r in replies if not r.has_error()])
             self._spend(server_round)
         return arrays, metrics
 
-    def _noisy_mean(self, replies: list[Message]) -> ArrayRecord:
+    def _noisy_mean(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         """The sent encoder plus the sum of the clipped updates / num_sites plus Gaussian noise."""
         if len(replies) > self.num_sites:
             raise ValueError(f"{len(replies)} sites answered, more than num_sites={self.num_sites}: "
                              "central DP's noise is calibrated for num_sites")
         sent = {k: v.numpy() for k, v in self._sent.items()}
         total = {k: np.zeros(v.shape, np.float64) for k, v in sent.items()}
+        norms = []
         for reply in replies:
             (received,) = reply.content.array_records.values()
             if set(received) != set(sent):
                 raise ValueError(f"node {reply.metadata.src_node_id} sent arrays other than those it received")
-            for k, u in clip({k: received[k].numpy() - sent[k] for k in sent}, self.privacy.dp_clip).items():
+            update = {k: received[k].numpy() - sent[k] for k in sent}
+            norms.append(float(np.sqrt(sum(np.sum(np.square(u, dtype=np.float64)) for u in update.values()))))
+            for k, u in clip(update, self.privacy.dp_clip).items():
                 total[k] += u
+        self.update_norms_by_round[server_round] = sorted(norms)
         std = self.privacy.dp_noise * self.privacy.dp_clip / self.num_sites
-        log(INFO, "DP: %d updates clipped to %g, noise std %.4g added to their mean",
-            len(replies), self.privacy.dp_clip, std)
+        log(INFO, "DP: %d updates (L2 norms %s) clipped to %g, noise std %.4g added to their mean",
+            len(replies), ", ".join(f"{n:.3g}" for n in sorted(norms)), self.privacy.dp_clip, std)
         return ArrayRecord({k: Array((sent[k] + total[k] / self.num_sites
                                       + self.rng.normal(0.0, std, sent[k].shape)).astype(sent[k].dtype))
                             for k in sent})
@@ -172,12 +177,13 @@ class DpStrategy(Strategy):
     def state_dict(self) -> dict:
         """What a resumed run needs to continue the account (server.rounds parts)."""
         return {"accountant": self.accountant.state_dict(), "epsilon_by_round": self.epsilon_by_round,
-                "stopped_before": self.stopped_before}
+                "stopped_before": self.stopped_before, "update_norms_by_round": self.update_norms_by_round}
 
     def load_state_dict(self, state: dict) -> None:
         self.accountant.load_state_dict(state["accountant"])
         self.epsilon_by_round = {int(k): float(v) for k, v in state["epsilon_by_round"].items()}
         self.stopped_before = state["stopped_before"]
+        self.update_norms_by_round = {int(k): list(v) for k, v in state["update_norms_by_round"].items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,8 @@ class TrainArgs:
     # get as many steps as big ones before early stopping can end a fit
     weight_decay: float = 1e-4  # AdamW
     seed: int = 0  # shuffling and dropout; sites derive theirs from it, the site and the round
+    local_epochs: int = 0  # a federated round's local update: 0 = early-stopped like any other fit (no
+    # update when no epoch beats the start); N = exactly N joint epochs, kept as they end (FedAvg)
 
 
 @dataclass
@@ -42,6 +44,10 @@ class FitResult:
     best_epoch: int  # 0 = the starting weights were never beaten
     epochs: int
     val_curve: list[float] = field(default_factory=list)
+
+    def returned_val_mae(self, fixed_epochs: bool) -> float:
+        """Validation MAE of the weights the fit returned: the last epoch's if it ran fixed epochs, else the best."""
+        return self.val_curve[-1] if fixed_epochs else self.best_val_mae
 
 
 def predict(model: Forecaster, x: np.ndarray, batch: int = 2048) -> np.ndarray:
@@ -69,8 +75,11 @@ def _loss(model: Forecaster, x: torch.Tensor, y: torch.Tensor, mask: torch.Tenso
 
 
 def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
-        train_encoder: bool = True) -> FitResult:
-    """Train the parameters in `groups` (AdamW param groups) with early stopping on val MAE."""
+        train_encoder: bool = True, epochs: int = 0) -> FitResult:
+    """Train the parameters in `groups` (AdamW param groups) with early stopping on val MAE.
+
+    With `epochs`, train exactly that many and keep the last weights (the curve is still recorded).
+    """
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise ValueError(f"cannot fit: {len(splits.train)} training and {len(splits.val)} validation windows")
     torch.manual_seed(args.seed)
@@ -82,7 +91,7 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
     best_state = copy.deepcopy(model.state_dict())
     best.val_curve.append(best.best_val_mae)
     order, cursor = torch.randperm(len(train), generator=gen), 0
-    for epoch in range(1, args.max_epochs + 1):
+    for epoch in range(1, (epochs or args.max_epochs) + 1):
         model.train()
         if not train_encoder:
             model.encoder.eval()  # frozen features: no dropout noise
@@ -101,9 +110,10 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
         if val < best.best_val_mae:
             best.best_val_mae, best.best_epoch = val, epoch
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best.best_epoch >= args.patience:
+        elif not epochs and epoch - best.best_epoch >= args.patience:
             break
-    model.load_state_dict(best_state)
+    if not epochs:
+        model.load_state_dict(best_state)
     model.eval()
     return best
 
@@ -141,16 +151,17 @@ def linear_probe(model: Forecaster, splits: Splits, args: TrainArgs) -> FitResul
         _set_encoder_trainable(model, True)
 
 
-def fine_tune(model: Forecaster, splits: Splits, args: TrainArgs) -> tuple[FitResult, FitResult]:
-    """Linear probe, then head and encoder together, the encoder at `lr * encoder_lr_ratio`."""
+def fine_tune(model: Forecaster, splits: Splits, args: TrainArgs, epochs: int = 0) -> tuple[FitResult, FitResult]:
+    """Linear probe, then head and encoder together, the encoder at `lr * encoder_lr_ratio`
+    (for exactly `epochs` epochs if given, see `fit`)."""
     probe = linear_probe(model, splits, args)
     groups = [
         {"params": model.head.parameters(), "lr": args.lr},
         {"params": model.encoder.parameters(), "lr": args.lr * args.encoder_lr_ratio},
     ]
-    return probe, fit(model, groups, splits, args)
+    return probe, fit(model, groups, splits, args, epochs=epochs)
 
 
-def train_scratch(model: Forecaster, splits: Splits, args: TrainArgs) -> FitResult:
+def train_scratch(model: Forecaster, splits: Splits, args: TrainArgs, epochs: int = 0) -> FitResult:
     """Every parameter at the same learning rate (a local-only model, or pretraining)."""
-    return fit(model, [{"params": model.parameters(), "lr": args.lr}], splits, args)
+    return fit(model, [{"params": model.parameters(), "lr": args.lr}], splits, args, epochs=epochs)

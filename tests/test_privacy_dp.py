@@ -109,6 +109,7 @@ def test_central_dp_is_the_equal_weight_mean_of_clipped_updates_with_noise_of_th
     for k in sent:
         np.testing.assert_allclose(got[k], sent[k] + (long[k] * 0.2 + short[k]) / 2, rtol=1e-6)
     assert dp.rng.scale == pytest.approx(0.7 * 2.0 / 2)  # dp-noise x dp-clip / num_sites
+    assert dp.update_norms_by_round[1] == pytest.approx([0.1 * 6 ** 0.5, 10.0])  # before clipping, for tuning dp-clip
     assert metrics is not None  # the inner strategy still aggregates the metrics
 
 
