@@ -168,11 +168,11 @@ class Site:
         seeded = _with_seed(train, round_seed(train.seed, self.name, server_round))
         if exchange == "model":
             fit = train_scratch(model, splits, seeded, epochs=train.local_epochs)
-            metrics = {"val-mae-probe": fit.val_curve[0], "val-mae": fit.returned_val_mae(bool(train.local_epochs)),
+            metrics = {"val-mae-probe": fit.val_curve[0], "val-mae": fit.returned_val_mae,
                        "epochs": fit.epochs}
         else:
             probe, fit = fine_tune(model, splits, seeded, epochs=train.local_epochs)
-            metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.returned_val_mae(bool(train.local_epochs)),
+            metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.returned_val_mae,
                        "epochs": probe.epochs + fit.epochs}
         self.keep(model, run, at)
         sent = model.state_dict() if exchange == "model" else model.encoder.state_dict()

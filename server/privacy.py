@@ -31,7 +31,7 @@ from flwr.serverapp import (GaussianPrivacyEvent, Grid, NeighboringRelation, Pri
 from flwr.serverapp.strategy import Strategy
 
 from shared.config import PrivacyArgs
-from shared.privacy import clip
+from shared.privacy import clip, l2_norm
 
 MODES = ("none", "central", "local")
 
@@ -141,7 +141,7 @@ class DpStrategy(Strategy):
             if set(received) != set(sent):
                 raise ValueError(f"node {reply.metadata.src_node_id} sent arrays other than those it received")
             update = {k: received[k].numpy() - sent[k] for k in sent}
-            norms.append(float(np.sqrt(sum(np.sum(np.square(u, dtype=np.float64)) for u in update.values()))))
+            norms.append(l2_norm(update))
             for k, u in clip(update, self.privacy.dp_clip).items():
                 total[k] += u
         self.update_norms_by_round[server_round] = sorted(norms)

@@ -11,8 +11,13 @@ import math
 import numpy as np
 
 
+def l2_norm(update: dict[str, np.ndarray]) -> float:
+    """The L2 norm of all of `update`'s arrays as one vector."""
+    return math.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values()))
+
+
 def clip(update: dict[str, np.ndarray], norm: float) -> dict[str, np.ndarray]:
     """`update` scaled to L2 norm `norm` (all its arrays as one vector) when it is longer."""
-    length = math.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update.values()))
+    length = l2_norm(update)
     scale = min(1.0, norm / length) if length > 0 else 1.0
     return {k: u * scale for k, u in update.items()}

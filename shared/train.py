@@ -44,10 +44,7 @@ class FitResult:
     best_epoch: int  # 0 = the starting weights were never beaten
     epochs: int
     val_curve: list[float] = field(default_factory=list)
-
-    def returned_val_mae(self, fixed_epochs: bool) -> float:
-        """Validation MAE of the weights the fit returned: the last epoch's if it ran fixed epochs, else the best."""
-        return self.val_curve[-1] if fixed_epochs else self.best_val_mae
+    returned_val_mae: float = float("nan")  # of the weights the fit leaves: the best, or the last with fixed epochs
 
 
 def predict(model: Forecaster, x: np.ndarray, batch: int = 2048) -> np.ndarray:
@@ -114,6 +111,7 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
             break
     if not epochs:
         model.load_state_dict(best_state)
+    best.returned_val_mae = best.val_curve[-1] if epochs else best.best_val_mae
     model.eval()
     return best
 
