@@ -1,6 +1,6 @@
 """ClientApp: a thin adapter between Flower messages and `client.site.Site`.
 
-A reply carries the encoder's arrays (train only), a MetricRecord and a ConfigRecord naming the
+A reply carries the encoder's arrays (train only; packed as the message's, shared.wire), a MetricRecord and a ConfigRecord naming the
 site (and, after evaluation, its best alone option and what its guard serves); with `reports = "minimal"`
 (run config, or the site's own node config) only the arrays and the FedAvg weight. The head, the data
 and the local-only model stay in the site's state folder.
@@ -17,12 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.privacy import privacy_mod
 from client.secagg import secagg_mod
 from client.site import Site
+from shared import wire
 from shared.config import Settings
 from shared.model import ModelArgs
 from shared.sealing import load_state_key
@@ -75,9 +76,13 @@ def trusted_key(context: Context, settings: Settings) -> str:
 
 def _unpack(msg: Message, context: Context, settings: Settings
             ) -> tuple[ModelArgs, dict[str, torch.Tensor], int, str]:
-    """The message's model arguments, arrays, round and run key; verified first if the site trusts a key."""
+    """The message's model arguments, named arrays (shared.wire), round and run key; verified first
+    if the site trusts a key."""
     config = msg.content["config"]
-    arrays, server_round = msg.content["arrays"].to_torch_state_dict(), int(config["server-round"])
+    if wire.LAYOUT not in config:
+        raise ValueError(f"the message has no {wire.LAYOUT}: the server runs another version of this App")
+    arrays = wire.unpack(msg.content["arrays"], wire.loads(str(config[wire.LAYOUT])))
+    server_round = int(config["server-round"])
     if key := trusted_key(context, settings):
         verify_encoder(key, arrays, server_round, config.get("encoder-signature"))
     args = ModelArgs.from_dict(json.loads(str(config["model-args"])))
@@ -103,7 +108,7 @@ def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | N
         site_info = {"name": site.name, **(info or {})}
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(site_info)})
     if arrays is not None:
-        content["arrays"] = ArrayRecord(arrays)
+        content["arrays"] = wire.pack(arrays, wire.loads(str(msg.content["config"][wire.LAYOUT])))
     return Message(content=content, reply_to=msg)
 
 

@@ -6,7 +6,7 @@ Ordinary train messages pass through untouched. A message carrying SecAgg+ confi
 Flower's `secaggplus_mod`; three of its four stages (keys, shares, unmasking) never reach the
 handler. In the stage that collects masked vectors, the legacy fit instruction (legacy parameters
 in `fitins.parameters`, a flat `fitins.config`) is turned into the message the handler already
-serves ("arrays" keyed like the state dict, "config"), and the handler's reply ("arrays",
+serves ("arrays" packed with their `array-layout`, shared.wire; "config"), and the handler's reply ("arrays",
 "metrics" with num-examples, "site") into the legacy FitRes `secaggplus_mod` masks. The masked
 reply then keeps only what the server needs: num_examples is zeroed and `num-examples` dropped
 from the plain-text metrics (the weight travels inside the masked vector), and the masked
@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -26,6 +27,8 @@ from flwr.common import (Code, FitRes, Status, bytes_to_ndarray, ndarray_to_byte
                          parameters_to_ndarrays)
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
+
+from shared import wire
 
 # the fit-config keys `server.secagg` adds (kept here too: a site imports no server code)
 ARRAY_KEYS = "array-keys"
@@ -63,8 +66,8 @@ def _narrow(data: bytes) -> bytes:
     return ndarray_to_bytes(array.astype(np.uint32))
 
 
-def to_plain(content: RecordDict) -> tuple[RecordDict, list[str], float, float]:
-    """(ordinary train content, array keys, max weight, clipping range) of a legacy fit instruction."""
+def to_plain(content: RecordDict) -> tuple[RecordDict, wire.Layout, float, float]:
+    """(ordinary train content, its array layout, max weight, clipping range) of a legacy fit instruction."""
     fitins = compat.recorddict_to_fitins(content, keep_input=True)
     config = dict(fitins.config)
     keys = json.loads(str(config.pop(ARRAY_KEYS)))
@@ -72,11 +75,13 @@ def to_plain(content: RecordDict) -> tuple[RecordDict, list[str], float, float]:
     ndarrays = parameters_to_ndarrays(fitins.parameters)
     if len(keys) != len(ndarrays):
         raise ValueError(f"SecAgg+ fit instruction: {len(ndarrays)} arrays for {len(keys)} keys")
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(a)) for k, a in zip(keys, ndarrays, strict=True)})
-    return RecordDict({"arrays": arrays, "config": ConfigRecord(config)}), keys, max_weight, clipping_range
+    state = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in zip(keys, ndarrays, strict=True)}
+    layout = wire.layout_of(state)
+    config[wire.LAYOUT] = wire.dumps(layout)
+    return RecordDict({"arrays": wire.pack(state), "config": ConfigRecord(config)}), layout, max_weight, clipping_range
 
 
-def to_legacy(reply: RecordDict, keys: list[str], max_weight: float, clipping_range: float) -> RecordDict:
+def to_legacy(reply: RecordDict, layout: wire.Layout, max_weight: float, clipping_range: float) -> RecordDict:
     """The legacy FitRes content `secaggplus_mod` masks, from the handler's ordinary reply.
 
     The weight is the reply's num-examples, capped at `max_weight` (flagged in the metrics).
@@ -84,14 +89,11 @@ def to_legacy(reply: RecordDict, keys: list[str], max_weight: float, clipping_ra
     """
     if len(reply.array_records) != 1 or len(reply.metric_records) != 1:
         raise ValueError("a train reply must hold exactly one ArrayRecord and one MetricRecord")
-    sent = next(iter(reply.array_records.values()))
+    sent = wire.unpack(next(iter(reply.array_records.values())), layout)
     metrics = dict(next(iter(reply.metric_records.values())))
-    if set(sent) != set(keys):
-        raise ValueError(f"the reply's arrays differ from the received ones: "
-                         f"missing {sorted(set(keys) - set(sent))[:5]}, unexpected {sorted(set(sent) - set(keys))[:5]}")
     num_examples = int(metrics.pop("num-examples"))
     weight = min(num_examples, int(max_weight))
-    ndarrays = [sent[k].numpy() for k in keys]
+    ndarrays = [sent[name].numpy() for name, _ in layout]
     largest = max((float(np.abs(a).max()) for a in ndarrays if a.size), default=0.0)
     if largest * weight / max_weight > clipping_range:
         raise ValueError(f"SecAgg+ would clip this update: |parameter| up to {largest:.3g} with weight "
@@ -113,7 +115,7 @@ def to_legacy(reply: RecordDict, keys: list[str], max_weight: float, clipping_ra
 def legacy_fit(msg: Message, context: Context, handler: ClientAppCallable) -> Message:
     """Run the ordinary train handler on a legacy fit instruction; reply as a legacy FitRes."""
     legacy_content = msg.content
-    plain, keys, max_weight, clipping_range = to_plain(legacy_content)
+    plain, layout, max_weight, clipping_range = to_plain(legacy_content)
     msg.content = plain
     try:
         reply = handler(msg, context)
@@ -121,4 +123,4 @@ def legacy_fit(msg: Message, context: Context, handler: ClientAppCallable) -> Me
         msg.content = legacy_content
     if reply.has_error():
         raise RuntimeError(f"train handler failed in a SecAgg+ round: {reply.error.reason}")
-    return Message(to_legacy(reply.content, keys, max_weight, clipping_range), reply_to=msg)
+    return Message(to_legacy(reply.content, layout, max_weight, clipping_range), reply_to=msg)

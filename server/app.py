@@ -24,6 +24,7 @@ from server.privacy import DpStrategy, wrap_strategy
 from server.rounds import STATE_FILE, RunState, run_rounds
 from server.secagg import run_secagg_rounds
 from server.strategy import EncoderFedAvg
+from shared import wire
 from shared.checkpoint import write_json
 from shared.config import PrivacyArgs, Settings, to_config
 from shared.model import Forecaster, ModelArgs, count_parameters, state_bytes
@@ -74,7 +75,8 @@ def main(grid: Grid, context: Context) -> None:
     dp = strategy if isinstance(strategy, DpStrategy) else None
     if state.round == 0:
         wait_for_nodes(grid, fed.wait_for_nodes or fed.min_train_nodes)
-    message_config = {"model-args": json.dumps(state.model_args), "run-key": state.run_key}
+    message_config = {"model-args": json.dumps(state.model_args), "run-key": state.run_key,
+                      wire.LAYOUT: wire.dumps(wire.layout_of(state.arrays))}
 
     def evaluate_due(server_round: int) -> bool:
         every = fed.evaluate_every

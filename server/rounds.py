@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from shared.checkpoint import write_atomic
+from shared.wire import layout_of, pack, unpack
 
 STATE_FILE = "server_state.pt"
 ENCODER_FILE = "global_encoder.pt"
@@ -79,8 +80,9 @@ def run_rounds(strategy, grid: Grid, state: RunState, out_dir: Path, num_rounds:
     """Train (and evaluate where due) rounds `state.round + 1 .. num_rounds`; returns the final state.
 
     Resuming a run whose last round's evaluation did not complete runs that evaluation first.
-    Given `sign(arrays, server_round)`, every train and evaluate message carries `encoder-signature`, its
-    arrays signed for its round (shared.signing).
+    Messages carry the arrays packed (shared.wire; `train_config` and `evaluate_config` name their
+    layout). Given `sign(arrays, server_round)`, every train and evaluate message carries
+    `encoder-signature`, its named arrays signed for its round (shared.signing).
     """
     if state.random_state is not None:
         random.setstate(state.random_state)
@@ -98,7 +100,7 @@ def run_rounds(strategy, grid: Grid, state: RunState, out_dir: Path, num_rounds:
         """The strategy's messages sending the current arrays, their signature for this round added if `sign`."""
         if sign:
             config = ConfigRecord({**config, "encoder-signature": sign(state.arrays, server_round)})
-        return configure_phase(server_round, ArrayRecord(state.arrays), config, grid)
+        return configure_phase(server_round, pack(state.arrays), config, grid)
 
     def evaluate(server_round: int) -> RunState:
         messages = configure(strategy.configure_evaluate, evaluate_config, server_round)
@@ -110,7 +112,7 @@ def run_rounds(strategy, grid: Grid, state: RunState, out_dir: Path, num_rounds:
     for server_round in range(state.round + 1, num_rounds + 1):
         messages = configure(strategy.configure_train, train_config, server_round)
         arrays, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages, timeout=timeout))
-        state = checkpoint(round=server_round, evaluated=False, arrays=arrays.to_torch_state_dict())
+        state = checkpoint(round=server_round, evaluated=False, arrays=unpack(arrays, layout_of(state.arrays)))
         if evaluate_due(server_round):
             state = evaluate(server_round)
     return state

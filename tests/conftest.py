@@ -39,3 +39,13 @@ def flower_message(content, message_type: str = "train", src_node_id: int = 1, d
                         dst_node_id=dst_node_id, reply_to_message_id="", group_id="1",
                         created_at=time.time(), ttl=3600, message_type=message_type)
     return make_message(metadata, content)
+
+
+def encoder_content(encoder, config: dict):
+    """A message's content as the server sends it: `encoder` packed (shared.wire), its layout in `config`."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from shared import wire
+
+    layout = wire.dumps(wire.layout_of(encoder))
+    return RecordDict({"arrays": wire.pack(encoder), "config": ConfigRecord({**config, wire.LAYOUT: layout})})

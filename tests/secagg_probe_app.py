@@ -31,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 from client.app import evaluate, train
 from client.privacy import privacy_mod
 from client.secagg import is_secagg, secagg_mod
+from shared import wire
 from shared.checkpoint import write_json
 from shared.config import Settings
 
@@ -73,7 +74,8 @@ def plain(msg: Message, context: Context, call_next) -> Message:
     reply = call_next(msg, context)
     if Settings.from_config(context.run_config).privacy.secagg:
         site = str(reply.content["site"]["name"])
-        record = {"arrays": reply.content["arrays"].to_torch_state_dict(), "site": site,
+        layout = wire.loads(str(msg.content["config"][wire.LAYOUT]))
+        record = {"arrays": wire.unpack(reply.content["arrays"], layout), "site": site,
                   "num-examples": int(reply.content["metrics"]["num-examples"])}
         torch.save(record, _probe(context) / f"r{server_round}-{site}-plain.pt")
     return reply

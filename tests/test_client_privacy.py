@@ -5,11 +5,12 @@ import json
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from client.app import app as client_app
+from shared import wire
 from shared.model import Forecaster
-from tests.conftest import TINY, flower_message
+from tests.conftest import TINY, encoder_content, flower_message
 
 ALLOWED_TRAIN_METRICS = {"num-examples", "val-mae-probe", "val-mae", "epochs"}
 
@@ -22,10 +23,8 @@ def _context(tmp_path, partition_id=0):
 
 def _message(settings, message_type="train", server_round=1):
     model = Forecaster(settings.model)
-    config = ConfigRecord({"model-args": json.dumps(settings.model.to_dict()), "server-round": server_round,
-                           "run-key": "run"})
-    return model, flower_message(RecordDict({"arrays": ArrayRecord(model.encoder.state_dict()), "config": config}),
-                                 message_type)
+    config = {"model-args": json.dumps(settings.model.to_dict()), "server-round": server_round, "run-key": "run"}
+    return model, flower_message(encoder_content(model.encoder.state_dict(), config), message_type)
 
 
 def test_train_reply_holds_exactly_the_encoder(tiny_settings, tmp_path):
@@ -35,12 +34,12 @@ def test_train_reply_holds_exactly_the_encoder(tiny_settings, tmp_path):
     assert not reply.has_error()
     content = reply.content
     assert list(content.array_records) == ["arrays"]
-    sent = content.array_records["arrays"].to_torch_state_dict()
     expected = model.encoder.state_dict()
-    assert set(sent) == set(expected)  # no head tensor, nothing else
-    assert all(sent[k].shape == expected[k].shape for k in expected)
-    head_keys = set(model.head.state_dict())
-    assert not head_keys & set(sent)
+    # one packed array holding exactly the encoder's values: no head tensor, nothing else
+    (packed,) = content.array_records["arrays"].values()
+    assert packed.numpy().shape == (sum(t.numel() for t in expected.values()),)
+    sent = wire.unpack(content.array_records["arrays"], wire.layout_of(expected))
+    assert set(sent) == set(expected) and not set(model.head.state_dict()) & set(sent)
     # besides the arrays: one site name and a fixed set of scalar metrics; no series values
     assert dict(content.config_records["site"]) == {"name": "site00"}
     assert set(content.config_records) == {"site"}
@@ -80,7 +79,8 @@ def test_minimal_reports_send_only_the_encoder_and_its_weight(tiny_settings, tmp
     model, msg = _message(tiny_settings)
     reply = client_app(msg, context)
     assert not reply.has_error()
-    assert set(reply.content.array_records["arrays"].to_torch_state_dict()) == set(model.encoder.state_dict())
+    expected = model.encoder.state_dict()
+    assert set(wire.unpack(reply.content.array_records["arrays"], wire.layout_of(expected))) == set(expected)
     assert dict(reply.content.metric_records["metrics"]) == {"num-examples": reply.content["metrics"]["num-examples"]}
     assert reply.content["metrics"]["num-examples"] > 1
     assert dict(reply.content.config_records["site"]) == {}

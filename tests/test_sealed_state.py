@@ -9,7 +9,7 @@ import zipfile
 import pandas as pd
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from client.app import app as client_app
 from client.forecast import main as forecast
@@ -19,7 +19,7 @@ from shared.config import Settings
 from shared.model import Forecaster
 from shared.sealing import SealError, generate_state_key, is_sealed, load_state_key
 from shared.sites import read_sites
-from tests.conftest import TINY, flower_message
+from tests.conftest import TINY, encoder_content, flower_message
 from tests.test_rounds import SITES, FakeGrid, _run
 
 STATE_FILES = ("model.pt", "heads.pt", "guard.json", "alone.json", "local_only.pt")
@@ -63,9 +63,9 @@ def _evaluate(sealed_run, key_node):
     """Site00 evaluates the run's encoder again, its state key read from node `key_node`'s config."""
     run_key = torch.load(sealed_run["out"] / "server_state.pt", weights_only=True)["run_key"]
     encoder = torch.load(sealed_run["out"] / "global_encoder.pt", weights_only=True)["encoder"]
-    config = ConfigRecord({"model-args": json.dumps(Settings.from_config(sealed_run["run_config"]).model.to_dict()),
-                           "server-round": 2, "run-key": run_key})
-    msg = flower_message(RecordDict({"arrays": ArrayRecord(encoder), "config": config}), "evaluate", 0, 11)
+    config = {"model-args": json.dumps(Settings.from_config(sealed_run["run_config"]).model.to_dict()),
+              "server-round": 2, "run-key": run_key}
+    msg = flower_message(encoder_content(encoder, config), "evaluate", 0, 11)
     context = Context(run_id=1, node_id=11, state=RecordDict(),
                       node_config={"partition-id": SITES[11], "num-partitions": 2,
                                    "state-key": str(sealed_run["keys"][key_node])},

@@ -29,6 +29,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.secagg import is_secagg, secagg_mod, to_legacy, to_plain
 from server.secagg import ARRAY_KEYS, CLIPPING_RANGE, MAX_WEIGHT, error_bound, quantization_range, run_secagg
+from shared import wire
 from shared.config import Settings
 from tests.conftest import TINY
 
@@ -123,14 +124,14 @@ def _site_app(site: int, recorder: Recorder, fail_rounds=()) -> ClientApp:
         server_round = int(msg.content["config"]["server-round"])
         if server_round in fail_rounds:
             raise RuntimeError(f"site {site} fails in round {server_round}")
-        received = msg.content["arrays"].to_numpy_ndarrays()
-        keys = list(msg.content["arrays"].keys())
-        sent = {k: r + d for (k, r), d in zip(zip(keys, received), _delta(site, server_round).values())}
+        layout = wire.loads(str(msg.content["config"][wire.LAYOUT]))
+        received = wire.unpack(msg.content["arrays"], layout)
+        sent = {k: r.numpy() + d for (k, r), d in zip(received.items(), _delta(site, server_round).values())}
         n = 100 * (site + 1)
         recorder.plain[(context.node_id, server_round)] = (sent, n)
         if "model-args" not in msg.content["config"]:
             raise KeyError("the handler's config did not come through")
-        return Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in sent.items()}),
+        return Message(RecordDict({"arrays": wire.pack({k: torch.from_numpy(v) for k, v in sent.items()}, layout),
                                    "metrics": MetricRecord({"num-examples": n, "val-mae": 0.5 + site}),
                                    "site": ConfigRecord({"name": f"site{site:02d}"})}), reply_to=msg)
 
@@ -314,7 +315,7 @@ def test_signed_encoders_verify_at_the_sites_under_secagg(tmp_path):
 
         def train(msg: Message, context: Context, site=i) -> Message:
             config, arrays = msg.content["config"], msg.content["arrays"]
-            verify_encoder(public, arrays.to_torch_state_dict(), int(config["server-round"]),
+            verify_encoder(public, wire.unpack(arrays, wire.loads(str(config[wire.LAYOUT]))), int(config["server-round"]),
                            config.get("encoder-signature"))
             verified.append((site, int(config["server-round"])))
             return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10}),
@@ -340,15 +341,17 @@ def test_legacy_instruction_and_reply_translate_both_ways():
     fitins = FitIns(ndarrays_to_parameters([state[k] for k in keys]),
                     {"model-args": "{}", "server-round": 3, ARRAY_KEYS: json.dumps(keys),
                      MAX_WEIGHT: 1000.0, CLIPPING_RANGE: 8.0})
-    plain, got_keys, max_weight, clip = to_plain(compat.fitins_to_recorddict(fitins, True))
-    assert got_keys == keys and (max_weight, clip) == (1000.0, 8.0)
-    assert dict(plain["config"]) == {"model-args": "{}", "server-round": 3}
-    assert _max_diff(state, plain["arrays"].to_torch_state_dict()) == 0.0
+    plain, layout, max_weight, clip = to_plain(compat.fitins_to_recorddict(fitins, True))
+    assert [name for name, _ in layout] == keys and (max_weight, clip) == (1000.0, 8.0)
+    assert dict(plain["config"]) == {"model-args": "{}", "server-round": 3, wire.LAYOUT: wire.dumps(layout)}
+    assert list(plain["arrays"]) == [wire.KEY]  # packed, as ordinary messages are
+    assert _max_diff(state, wire.unpack(plain["arrays"], layout)) == 0.0
 
-    reply = RecordDict({"arrays": ArrayRecord({k: Array(state[k]) for k in reversed(keys)}),
+    named = {k: torch.from_numpy(state[k]) for k in keys}
+    reply = RecordDict({"arrays": wire.pack(named, layout),
                         "metrics": MetricRecord({"num-examples": 1500, "val-mae": 0.25}),
                         "site": ConfigRecord({"name": "a", "serve": "federated"})})
-    fitres = compat.recorddict_to_fitres(to_legacy(reply, keys, 1000.0, 8.0), keep_input=True)
+    fitres = compat.recorddict_to_fitres(to_legacy(reply, layout, 1000.0, 8.0), keep_input=True)
     assert fitres.num_examples == 1000  # capped
     assert fitres.metrics == {"val-mae": 0.25, "site": "a", "serve": "federated", "secagg-weight-capped": 1}
     from flwr.common import parameters_to_ndarrays
@@ -356,14 +359,14 @@ def test_legacy_instruction_and_reply_translate_both_ways():
     assert all(np.array_equal(a, state[k]) and a.dtype == np.float64
                for a, k in zip(parameters_to_ndarrays(fitres.parameters), keys))
 
-    big = RecordDict({"arrays": ArrayRecord({k: Array(state[k] * 100) for k in keys}),
+    big = RecordDict({"arrays": wire.pack({k: v * 100 for k, v in named.items()}, layout),
                       "metrics": MetricRecord({"num-examples": 1000})})
     with pytest.raises(ValueError, match="clip"):
-        to_legacy(big, keys, 1000.0, 8.0)
-    wrong = RecordDict({"arrays": ArrayRecord({"other": Array(state[keys[0]])}),
+        to_legacy(big, layout, 1000.0, 8.0)
+    wrong = RecordDict({"arrays": wire.pack({"other": named[keys[0]]}),
                         "metrics": MetricRecord({"num-examples": 10})})
-    with pytest.raises(ValueError, match="differ"):
-        to_legacy(wrong, keys, 1000.0, 8.0)
+    with pytest.raises(ValueError, match="layout needs"):
+        to_legacy(wrong, layout, 1000.0, 8.0)
 
 
 def test_ordinary_messages_pass_through_untouched():

@@ -5,14 +5,15 @@ import json
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from client.app import app as client_app
 from client.app import trusted_key
 from server.strategy import TooFewSites
+from shared import wire
 from shared.config import Settings
 from shared.signing import SignatureError, generate_signing_key, sign_encoder
-from tests.conftest import TINY, flower_message
+from tests.conftest import TINY, encoder_content, flower_message
 from tests.test_rounds import SITES, FakeGrid, _run
 
 STATE_FILES = ("model.pt", "heads.pt", "guard.json", "alone.json", "local_only.pt")
@@ -43,8 +44,9 @@ def test_a_signed_run_is_accepted_by_every_site(signed_run):
         assert all((signed_run["sites"] / site / name).exists() for name in STATE_FILES)
 
 
-def _message(signed_run, signer, change_weight=False, message_type="train"):
-    """The run's encoder sent for round 2, signed by `signer` (None: unsigned), one weight changed if asked."""
+def _message(signed_run, signer, change_weight=False, message_type="train", relabel=False):
+    """The run's encoder sent for round 2, signed by `signer` (None: unsigned), one weight changed if asked,
+    or (relabel) the same packed values with two same-shaped tensors' names swapped in the layout."""
     run_key = torch.load(signed_run["out"] / "server_state.pt", weights_only=True)["run_key"]
     encoder = {k: v.clone() for k, v in
                torch.load(signed_run["out"] / "global_encoder.pt", weights_only=True)["encoder"].items()}
@@ -55,8 +57,14 @@ def _message(signed_run, signer, change_weight=False, message_type="train"):
     if change_weight:
         weight = encoder[sorted(encoder)[0]].view(-1)
         weight[0] += 1e-3
-    return flower_message(RecordDict({"arrays": ArrayRecord(encoder), "config": ConfigRecord(config)}),
-                          message_type, src_node_id=0, dst_node_id=11)
+    content = encoder_content(encoder, config)
+    if relabel:
+        layout = wire.loads(str(content["config"][wire.LAYOUT]))
+        i, j = next((i, j) for i in range(len(layout)) for j in range(i + 1, len(layout))
+                    if layout[i][1] == layout[j][1] and not torch.equal(encoder[layout[i][0]], encoder[layout[j][0]]))
+        layout[i], layout[j] = (layout[j][0], layout[i][1]), (layout[i][0], layout[j][1])
+        content["config"][wire.LAYOUT] = wire.dumps(layout)
+    return flower_message(content, message_type, src_node_id=0, dst_node_id=11)
 
 
 def _context(signed_run):
@@ -72,13 +80,15 @@ def _state(signed_run):
 @pytest.mark.parametrize("message_type", ["train", "evaluate"])
 @pytest.mark.parametrize("case, match", [
     ("tampered", "signature does not verify for round 2: the encoder does not come from the coordinator whose key"),
+    ("relabelled", "signature does not verify for round 2"),
     ("other key", "signature does not verify for round 2"),
     ("unsigned", "unsigned encoder: round 2 came without a signature"),
 ])
 def test_a_forged_encoder_is_refused_and_the_state_is_untouched(signed_run, keys, case, match, message_type):
     (private, public), (other, _) = keys
-    signer = {"tampered": private, "other key": other, "unsigned": None}[case]
-    msg = _message(signed_run, signer, change_weight=case == "tampered", message_type=message_type)
+    signer = {"tampered": private, "relabelled": private, "other key": other, "unsigned": None}[case]
+    msg = _message(signed_run, signer, change_weight=case == "tampered", message_type=message_type,
+                   relabel=case == "relabelled")
     before = _state(signed_run)
     with pytest.raises(SignatureError, match=match) as refused:
         client_app(msg, _context(signed_run))
