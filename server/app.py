@@ -20,6 +20,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.grid import ShortPollGrid
 from server.privacy import DpStrategy, wrap_strategy
 from server.rounds import STATE_FILE, RunState, run_rounds
 from server.secagg import run_secagg_rounds
@@ -39,6 +40,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     settings = Settings.from_config(context.run_config)
     fed = settings.federation
+    grid = ShortPollGrid(grid, fed.reply_poll) if isinstance(grid, Grid) else grid  # not the tests' fakes
     random.seed(fed.seed)  # Flower samples nodes with `random`
     torch.manual_seed(fed.seed)
     torch.set_num_threads(1)  # beside the simulation's actors, more threads only contend

@@ -29,7 +29,7 @@ from shared.wire import layout_of, pack, unpack
 STATE_FILE = "server_state.pt"
 ENCODER_FILE = "global_encoder.pt"
 # settings a resumed run may change; any other change would make it a different experiment
-RESUMABLE = {"num-server-rounds", "resume", "round-timeout", "min-train-nodes", "wait-for-nodes"}
+RESUMABLE = {"num-server-rounds", "resume", "round-timeout", "reply-poll", "min-train-nodes", "wait-for-nodes"}
 
 
 class Stateful(Protocol):

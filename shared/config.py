@@ -34,6 +34,7 @@ class FederationArgs:
     min_train_nodes: int = 2  # a round needs answers from at least this many sites (others may drop out)
     wait_for_nodes: int = 0  # sites that must be connected before the first round (0 = min-train-nodes)
     round_timeout: float = 3600.0  # seconds a round waits for answers; the silent sites are reported missing
+    reply_poll: float = 0.2  # seconds between the server's pulls for replies (server.grid)
     resume: bool = False  # continue the run checkpointed in out-dir from its last completed round
     evaluate_every: int = 0  # also evaluate every k rounds (0: only after the last; costs a fine-tune)
     seed: int = 0  # seeds sampling, pretraining and every site's training

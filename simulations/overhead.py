@@ -1,11 +1,12 @@
 """What a deployment round costs beyond the training itself.
 
-    python -m simulations.overhead [--sites 2] [--rounds 5] [--poll 1.0 0.1] [--out DIR]
+    python -m simulations.overhead [--sites 2] [--rounds 5] [--poll 1.0 0.1] [--supernode-poll 0.5 0]
+                                   [--reply-poll 0.2 3] [--out DIR]
 
-For a tiny model, runs the same federation twice: in this process (simulations.local: the
-ServerApp and ClientApp without Flower processes, each handler timed) and as a deployment pilot
-(simulations.pilot: SuperLink, SuperNodes, TLS, authentication), once per SuperExec poll
-interval given. A round's overhead is its deployment wall time (train phase) minus the slowest
+For a tiny model, runs the same federation in this process (simulations.local: the ServerApp and
+ClientApp without Flower processes, each handler timed) and as a deployment pilot
+(simulations.pilot: SuperLink, SuperNodes, TLS, authentication), once for every combination of
+the SuperExec poll interval, the SuperNodes' idle poll and the server's reply poll given. A round's overhead is its deployment wall time (train phase) minus the slowest
 site's in-process train-handler time for that round (the sites train in parallel in a deployment). Round 1 is
 reported apart: it also installs the App on every node. Writes DIR/overhead.json.
 """
@@ -13,6 +14,7 @@ reported apart: it also installs the App on every node. Writes DIR/overhead.json
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -22,8 +24,10 @@ from pathlib import Path
 
 from flwr.app import Context, RecordDict
 
+from client.supernode import DEFAULT_POLL
 from server.app import main as server_main
 from shared.checkpoint import write_json
+from shared.config import FederationArgs
 from simulations import pilot
 from simulations.local import LocalGrid
 from simulations.runner import APP_DIR, exit_on_sigterm
@@ -50,10 +54,13 @@ def in_process(out: Path, sites: int, rounds: int) -> dict[int, float]:
     return {r: max(nodes.values()) for r, nodes in per_round.items()}
 
 
-def deployed(out: Path, sites: int, rounds: int, poll: float) -> dict[int, float]:
-    """Wall seconds per round of the same federation as a pilot, with this SuperExec poll interval."""
+def deployed(out: Path, sites: int, rounds: int, poll: float, supernode_poll: float = DEFAULT_POLL,
+             reply_poll: float = FederationArgs.reply_poll) -> dict[int, float]:
+    """Wall seconds per round of the same federation as a pilot, with this SuperExec poll interval,
+    SuperNode idle poll (0: Flower's flower-supernode) and server reply poll."""
     os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(poll)  # read by the SuperLink's and SuperNodes' SuperExec
     argv = ["--out", str(out), "--sites", str(sites), "--quiet", "--set", f"num-server-rounds={rounds}",
+            "--supernode-poll", str(supernode_poll), "--set", f"reply-poll={reply_poll}",
             *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
     if pilot.main(argv) != 0:
         raise SystemExit(f"the pilot failed; see {out / 'logs'}")
@@ -67,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--poll", type=float, nargs="+", default=[1.0, 0.1],
                         help="SuperExec task poll intervals to measure (Flower's default: 1.0 s)")
+    parser.add_argument("--supernode-poll", type=float, nargs="+", default=[DEFAULT_POLL],
+                        help=f"SuperNode idle polls to measure (client.supernode; default {DEFAULT_POLL}; "
+                             "0: Flower's flower-supernode, 3 s)")
+    parser.add_argument("--reply-poll", type=float, nargs="+", default=[FederationArgs.reply_poll],
+                        help=f"server reply polls to measure (run config reply-poll; default {FederationArgs.reply_poll})")
     parser.add_argument("--out", default="", help="report folder (default: runs/overhead-<time>)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -79,15 +91,18 @@ def main(argv: list[str] | None = None) -> int:
               "in_process_seconds": compute, "deployment": []}
     print(f"training per round, in process (slowest site): "
           f"{', '.join(f'{compute[r]:.2f}' for r in sorted(compute))} s")
-    for poll in args.poll:
-        rounds = deployed(out / f"pilot-poll-{poll:g}", args.sites, args.rounds, poll)
+    for poll, node_poll, reply_poll in itertools.product(args.poll, args.supernode_poll, args.reply_poll):
+        name = f"pilot-exec{poll:g}-node{node_poll:g}-reply{reply_poll:g}"
+        rounds = deployed(out / name, args.sites, args.rounds, poll, node_poll, reply_poll)
         overhead = {r: rounds[r] - compute[r] for r in rounds}
         later = [overhead[r] for r in overhead if r > 1]
-        row = {"poll_interval": poll, "round_seconds": rounds, "overhead_seconds": overhead,
+        row = {"poll_interval": poll, "supernode_poll": node_poll, "reply_poll": reply_poll,
+               "round_seconds": rounds, "overhead_seconds": overhead,
                "overhead_first_round": overhead[1], "overhead_median_later": statistics.median(later)}
         report["deployment"].append(row)
-        print(f"poll {poll:g} s: round wall time {', '.join(f'{rounds[r]:.1f}' for r in sorted(rounds))} s; "
-              f"overhead round 1 {overhead[1]:.1f} s, later rounds median {row['overhead_median_later']:.1f} s")
+        print(f"SuperExec poll {poll:g} s, SuperNode poll {node_poll:g} s, reply poll {reply_poll:g} s: round wall "
+              f"time {', '.join(f'{rounds[r]:.1f}' for r in sorted(rounds))} s; overhead round 1 {overhead[1]:.1f} s, "
+              f"later rounds median {row['overhead_median_later']:.1f} s")
         write_json(out / "overhead.json", report)
     print(f"report: {out / 'overhead.json'}")
     return 0

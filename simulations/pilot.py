@@ -6,8 +6,8 @@
 
 It does what the README's three-machine deployment does, with the same App and commands: makes
 the federation's credentials (server.credentials), starts `flower-superlink` with TLS and
-SuperNode authentication, registers each site's key, starts each site's `flower-supernode` on
-its own slice of the data (its own file, state folder and Flower home), runs `flwr run`, prints
+SuperNode authentication, registers each site's key, starts each site's SuperNode
+(`client.supernode`: Flower's `flower-supernode` with shorter waits) on its own slice of the data (its own file, state folder and Flower home), runs `flwr run`, prints
 the per-site results and stops every process it started, also on failure, Ctrl-C or SIGTERM.
 Logs go to OUT/logs/.
 """
@@ -24,13 +24,13 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from client.supernode import DEFAULT_POLL
 from server.credentials import generate
 from shared.config import DataArgs, frequency_defaults, parse_overrides, read_args
 from shared.data import seasons
-from shared.results import format_summary
 from shared.sites import read_sites
-from simulations.runner import (APP_DIR, QUIET_ENV, RunError, exit_on_sigterm, free_port, stop_marked, stop_tree,
-                                write_run_config)
+from simulations.runner import (APP_DIR, QUIET_ENV, RunError, exit_on_sigterm, flwr_run, free_port, print_summary,
+                                stop_marked, stop_tree, write_run_config)
 
 FEDERATION = "pilot"
 HOST = "127.0.0.1"
@@ -55,8 +55,9 @@ def wait_for_port(process: subprocess.Popen, port: int, log: Path, timeout: floa
 class Pilot:
     """The processes of one pilot; `stop()` (or leaving the `with` block) stops every one of them."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, supernode_poll: float = DEFAULT_POLL):
         self.out = out
+        self.supernode_poll = supernode_poll  # 0: Flower's own flower-supernode (client.supernode)
         self.logs = out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.creds = out / "credentials"
@@ -132,8 +133,10 @@ class Pilot:
         org = self.creds / "orgs" / site
         node_config = (f"data-path='{data_path}' state-dir='{self.out / 'state' / site}' site-name='{site}' "
                        f"verify-key='{org / 'signing.pub'}'")
+        launcher = ([sys.executable, "-m", "client.supernode", "--poll", str(self.supernode_poll)]
+                    if self.supernode_poll else ["flower-supernode"])
         process = self.start(f"supernode-{site}", [
-            "flower-supernode", "--superlink", f"{HOST}:{self.port}",
+            *launcher, "--superlink", f"{HOST}:{self.port}",
             "--root-certificates", str(ca or org / "ca.crt"),
             "--auth-supernode-private-key", str(key or org / "auth_key"),
             "--port", str(free_port()), "--node-config", node_config, *extra,
@@ -168,21 +171,8 @@ class Pilot:
         """`flwr run` of this App on the pilot federation; waits for the run to end."""
         config_file = write_run_config(self.out / "run-config.toml", run_config)
         command = ["flwr", "run", str(APP_DIR), FEDERATION, "--stream", "--run-config", str(config_file)]
-        with open(self.logs / "flwr-run.log", "a", buffering=1) as log:
-            process = subprocess.Popen(command, cwd=self.out, env={**self.env, "FLWR_HOME": str(self.home)},
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       start_new_session=True)
-            try:
-                for line in process.stdout:
-                    log.write(line)
-                    if stream_to is not None:
-                        stream_to.write(line)
-                        stream_to.flush()
-                process.wait()
-            finally:
-                stop_tree(process.pid)
-        if process.returncode != 0:
-            raise RunError(f"flwr run exited with code {process.returncode}; see {self.logs / 'flwr-run.log'}")
+        flwr_run(command, self.out, {**self.env, "FLWR_HOME": str(self.home)}, self.logs / "flwr-run.log",
+                 stream_to, mode="a")
 
 
 def slice_sites(frame, folder: Path) -> dict[str, Path]:
@@ -204,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key")
     parser.add_argument("--resume", action="store_true", help="continue the stopped pilot in --out")
     parser.add_argument("--quiet", action="store_true", help="do not stream the run's log")
+    parser.add_argument("--supernode-poll", type=float, default=DEFAULT_POLL,
+                        help=f"SuperNodes' idle poll in seconds (client.supernode; default {DEFAULT_POLL}); "
+                             "0 runs Flower's flower-supernode, which waits 3 s")
     args = parser.parse_args(argv)
     exit_on_sigterm()
 
@@ -224,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pilot in {out}: {len(sites)} sites ({', '.join(sites)}), frequency {freq}", flush=True)
 
     started = time.monotonic()
-    with Pilot(out) as pilot:
+    with Pilot(out, args.supernode_poll) as pilot:
         try:
             if not args.resume:
                 generate(pilot.creds, [HOST, "localhost"], list(sites))
@@ -236,16 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         except RunError as exc:
             print(f"pilot failed: {exc}", file=sys.stderr)
             return 1
-    summary_path = out / "server" / "summary.json"
-    if not summary_path.exists():
-        print(f"pilot failed: the run ended without writing {summary_path}; see {out / 'logs' / 'flwr-run.log'}",
-              file=sys.stderr)
-        return 1
-    summary = json.loads(summary_path.read_text())
-    print()
-    print(format_summary(summary))
-    print(f"wall time {time.monotonic() - started:.0f} s; results: {summary_path}")
-    return 0
+    return print_summary(out / "server" / "summary.json", started, out / "logs" / "flwr-run.log", "pilot")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from shared.config import DataArgs, frequency_defaults, parse_overrides, read_args
 from shared.data import seasons
-from shared.results import format_summary
 from shared.sites import read_sites
-from simulations.runner import APP_DIR, RunError, exit_on_sigterm, run_app
+from simulations.runner import APP_DIR, RunError, exit_on_sigterm, print_summary, run_app
 
 
 def plan(data_path: str, site_column: str, overrides: dict[str, str]) -> tuple[dict, list[str]]:
@@ -63,15 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as exc:
         print(f"simulation failed: {exc}", file=sys.stderr)
         return 1
-    summary_path = out / "summary.json"
-    if not summary_path.exists():
-        print(f"simulation ended without writing {summary_path}; see {out / 'flower'}", file=sys.stderr)
-        return 1
-    summary = json.loads(summary_path.read_text())
-    print()
-    print(format_summary(summary))
-    print(f"wall time {time.monotonic() - started:.0f} s; results: {summary_path}")
-    return 0
+    return print_summary(out / "summary.json", started, out / "flower", "simulation")
 
 
 if __name__ == "__main__":

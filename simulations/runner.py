@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from shared.results import format_summary
+
 APP_DIR = Path(__file__).resolve().parents[1]  # the folder holding pyproject.toml
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -145,17 +147,36 @@ def run_app(run_config: dict, num_supernodes: int, workdir: Path, cpus_per_clien
             "--run-config", str(config_file),
             "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
         ]
-        with open(run_log, "w", buffering=1) as log:  # line-buffered: readable while it runs
-            process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
-            try:
-                for line in process.stdout:
-                    log.write(line)
-                    if stream_to is not None:
-                        stream_to.write(line)
-                        stream_to.flush()
-                process.wait()
-            finally:
-                stop_tree(process.pid)
-        if process.returncode != 0:
-            raise RunError(f"flwr run exited with code {process.returncode}; see {run_log}")
+        flwr_run(command, workdir, env, run_log, stream_to)
+
+
+def flwr_run(command: list[str], cwd: Path, env: dict, log_path: Path, stream_to=None, mode: str = "w") -> None:
+    """Run a `flwr run` command to its end, its output to `log_path` (and `stream_to`), stopping
+    its whole process tree afterwards; RunError if it fails."""
+    with open(log_path, mode, buffering=1) as log:  # line-buffered: readable while it runs
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if stream_to is not None:
+                    stream_to.write(line)
+                    stream_to.flush()
+            process.wait()
+        finally:
+            stop_tree(process.pid)
+    if process.returncode != 0:
+        raise RunError(f"flwr run exited with code {process.returncode}; see {log_path}")
+
+
+def print_summary(summary_path: Path, started: float, logs: Path, what: str) -> int:
+    """Print a finished run's per-site results and wall time; 1 (with a message naming `logs`)
+    if the run wrote no summary."""
+    if not summary_path.exists():
+        print(f"{what} failed: the run ended without writing {summary_path}; see {logs}", file=sys.stderr)
+        return 1
+    summary = json.loads(summary_path.read_text())
+    print()
+    print(format_summary(summary))
+    print(f"wall time {time.monotonic() - started:.0f} s; results: {summary_path}")
+    return 0
