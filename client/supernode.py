@@ -3,7 +3,9 @@
 Flower 1.41's SuperNode (flwr/supernode/start_client_internal.py) sleeps a hard-coded 3 s whenever
 a pull finds no message, and 0.5 s between checks for its ClientApp's reply, so a site picks up
 each round's message up to 3 s after the server sent it. This runs Flower's own `flower-supernode`
-(same arguments) with every sleep of that loop capped at `--poll` seconds (default 0.5). Each
+(same arguments) with every sleep of that loop capped at `--poll` seconds (default 0.5), and the
+SuperExec it starts polling for tasks every `--poll` seconds too (Flower's default 1 s) unless
+FLWR_SUPEREXEC_TASK_POLL_INTERVAL is set. Each
 idle site then asks the SuperLink for work 1/poll times a second instead of every 3 s: mind the
 SuperLink's load with hundreds of sites. Plain `flower-supernode` keeps working; this only waits
 less. Only for the Flower version it was checked against (the loop may change in another).
@@ -12,6 +14,7 @@ less. Only for the Flower version it was checked against (the loop may change in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import types
@@ -22,6 +25,7 @@ from flwr.supernode.cli.flower_supernode import flower_supernode
 
 CHECKED_FLOWER = "1.41.0"
 DEFAULT_POLL = 0.5
+SUPEREXEC_POLL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # how often the SuperExec looks for a ClientApp to start
 
 
 def shorten_waits(poll: float) -> None:
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL)
     ours, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     shorten_waits(ours.poll)
+    os.environ.setdefault(SUPEREXEC_POLL, str(ours.poll))  # read by the SuperExec the SuperNode starts
     sys.argv = ["flower-supernode", *rest]
     flower_supernode()
 
