@@ -1,7 +1,7 @@
 """What a deployment round costs beyond the training itself.
 
     python -m simulations.overhead [--sites 2] [--rounds 5] [--poll 1.0 0.1] [--supernode-poll 0.5 0]
-                                   [--reply-poll 0.2 3] [--out DIR]
+                                   [--reply-poll 0.2 3] [--set KEY=VALUE] [--out DIR]
 
 For a tiny model, runs the same federation in this process (simulations.local: the ServerApp and
 ClientApp without Flower processes, each handler timed) and as a deployment pilot
@@ -55,13 +55,13 @@ def in_process(out: Path, sites: int, rounds: int) -> dict[int, float]:
 
 
 def deployed(out: Path, sites: int, rounds: int, poll: float, supernode_poll: float = DEFAULT_POLL,
-             reply_poll: float = FederationArgs.reply_poll) -> dict[int, float]:
+             reply_poll: float = FederationArgs.reply_poll, extra: list[str] = ()) -> dict[int, float]:
     """Wall seconds per round of the same federation as a pilot, with this SuperExec poll interval,
-    SuperNode idle poll (0: Flower's flower-supernode) and server reply poll."""
+    SuperNode idle poll (0: Flower's flower-supernode), server reply poll and `extra` KEY=VALUE settings."""
     os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(poll)  # read by the SuperLink's and SuperNodes' SuperExec
     argv = ["--out", str(out), "--sites", str(sites), "--quiet", "--set", f"num-server-rounds={rounds}",
             "--supernode-poll", str(supernode_poll), "--set", f"reply-poll={reply_poll}",
-            *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+            *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")], *[a for kv in extra for a in ("--set", kv)]]
     if pilot.main(argv) != 0:
         raise SystemExit(f"the pilot failed; see {out / 'logs'}")
     summary = json.loads((out / "server" / "summary.json").read_text())
@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                              "0: Flower's flower-supernode, 3 s)")
     parser.add_argument("--reply-poll", type=float, nargs="+", default=[FederationArgs.reply_poll],
                         help=f"server reply polls to measure (run config reply-poll; default {FederationArgs.reply_poll})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-config key for the pilot only, e.g. secagg=true: its rounds are then compared "
+                             "with the plain in-process training time")
     parser.add_argument("--out", default="", help="report folder (default: runs/overhead-<time>)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -87,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
     compute = in_process(out / "in-process", args.sites, args.rounds)
     report = {"command": "python -m simulations.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "sites": args.sites, "rounds": args.rounds, "settings": TINY,
+              "sites": args.sites, "rounds": args.rounds, "settings": TINY, "pilot_settings": args.set,
               "in_process_seconds": compute, "deployment": []}
     print(f"training per round, in process (slowest site): "
           f"{', '.join(f'{compute[r]:.2f}' for r in sorted(compute))} s")
     for poll, node_poll, reply_poll in itertools.product(args.poll, args.supernode_poll, args.reply_poll):
         name = f"pilot-exec{poll:g}-node{node_poll:g}-reply{reply_poll:g}"
-        rounds = deployed(out / name, args.sites, args.rounds, poll, node_poll, reply_poll)
+        rounds = deployed(out / name, args.sites, args.rounds, poll, node_poll, reply_poll, args.set)
         overhead = {r: rounds[r] - compute[r] for r in rounds}
         later = [overhead[r] for r in overhead if r > 1]
         row = {"poll_interval": poll, "supernode_poll": node_poll, "reply_poll": reply_poll,
