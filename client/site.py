@@ -30,7 +30,7 @@ from shared.guard import decide
 from shared.metrics import forecast_errors, window_mae
 from shared.model import Forecaster, ModelArgs
 from shared.statistical import frame_n_train, statistical_predictions
-from shared.train import TrainArgs, anchor_head, fine_tune, predict, train_scratch
+from shared.train import TrainArgs, anchor_head, body_update, fine_tune, linear_probe, predict, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
 HEADS_KEPT = 4  # phases of head history kept in heads.pt
@@ -159,8 +159,9 @@ class Site:
                     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train on the site's data and return (what goes back to the server, metrics).
 
-        exchange "encoder": fine-tune (head, then head and encoder for `train.local_epochs`); keep the
-        head, send the encoder. exchange "model": train every weight of the received model and send them all.
+        exchange "encoder": fine-tune (head, then head and encoder, early-stopped; with
+        `train.local_epochs`, head then encoder alone for that many epochs); keep the head, send the
+        encoder. exchange "model": train every weight of the received model and send them all.
         """
         splits, _ = divide(self.splits(args))  # training sees the fitting windows only
         at = step(server_round, "train")
@@ -171,7 +172,10 @@ class Site:
             metrics = {"val-mae-probe": fit.val_curve[0], "val-mae": fit.returned_val_mae,
                        "epochs": fit.epochs}
         else:
-            probe, fit = fine_tune(model, splits, seeded, epochs=train.local_epochs)
+            if train.local_epochs:
+                probe, fit = linear_probe(model, splits, seeded), body_update(model, splits, seeded, train.local_epochs)
+            else:
+                probe, fit = fine_tune(model, splits, seeded)
             metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.returned_val_mae,
                        "epochs": probe.epochs + fit.epochs}
         self.keep(model, run, at)

@@ -35,7 +35,8 @@ class TrainArgs:
     weight_decay: float = 1e-4  # AdamW
     seed: int = 0  # shuffling and dropout; sites derive theirs from it, the site and the round
     local_epochs: int = 0  # a federated round's local update: 0 = early-stopped like any other fit (no
-    # update when no epoch beats the start); N = exactly N joint epochs, kept as they end (FedAvg)
+    # update when no epoch beats the start); N = the head early-stopped, then exactly N epochs of the
+    # encoder alone, kept as they end (FedRep's body update)
 
 
 @dataclass
@@ -149,15 +150,27 @@ def linear_probe(model: Forecaster, splits: Splits, args: TrainArgs) -> FitResul
         _set_encoder_trainable(model, True)
 
 
-def fine_tune(model: Forecaster, splits: Splits, args: TrainArgs, epochs: int = 0) -> tuple[FitResult, FitResult]:
-    """Linear probe, then head and encoder together, the encoder at `lr * encoder_lr_ratio`
-    (for exactly `epochs` epochs if given, see `fit`)."""
+def fine_tune(model: Forecaster, splits: Splits, args: TrainArgs) -> tuple[FitResult, FitResult]:
+    """Linear probe, then head and encoder together, the encoder at `lr * encoder_lr_ratio`."""
     probe = linear_probe(model, splits, args)
     groups = [
         {"params": model.head.parameters(), "lr": args.lr},
         {"params": model.encoder.parameters(), "lr": args.lr * args.encoder_lr_ratio},
     ]
-    return probe, fit(model, groups, splits, args, epochs=epochs)
+    return probe, fit(model, groups, splits, args)
+
+
+def body_update(model: Forecaster, splits: Splits, args: TrainArgs, epochs: int) -> FitResult:
+    """FedRep's body phase: the encoder alone at `lr * encoder_lr_ratio`, the head frozen, for
+    exactly `epochs` epochs, kept as they end (a FedAvg-style local update)."""
+    for p in model.head.parameters():
+        p.requires_grad_(False)
+    try:
+        return fit(model, [{"params": model.encoder.parameters(), "lr": args.lr * args.encoder_lr_ratio}],
+                   splits, args, epochs=epochs)
+    finally:
+        for p in model.head.parameters():
+            p.requires_grad_(True)
 
 
 def train_scratch(model: Forecaster, splits: Splits, args: TrainArgs, epochs: int = 0) -> FitResult:

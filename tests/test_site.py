@@ -1,14 +1,16 @@
 """A site's private state: the head persists across rounds, alone options are cached, bad state is refused."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from client.site import Site, step
+from client.site import Site, divide, round_seed, step
 from shared.sites import read_sites, select_site
 from shared.data import DataError
 from shared.model import Forecaster
+from shared.train import linear_probe
 
 
 def _site(settings, tmp_path, index=0):
@@ -31,6 +33,21 @@ def test_head_after_round_one_is_the_head_round_two_starts_with(tiny_settings, t
         assert torch.equal(value, head_after_round_1[key])
     # and it is not a fresh head: the site really learned one
     assert not torch.equal(restored.head.mix, Forecaster(args).head.mix)
+
+
+def test_local_epochs_send_a_moved_encoder_and_keep_the_early_stopped_head(tiny_settings, tmp_path):
+    """With local-epochs, a round's update is the encoder trained alone after the head's probe."""
+    site = _site(tiny_settings, tmp_path)
+    args = tiny_settings.model
+    encoder = Forecaster(args).encoder.state_dict()
+    train = replace(tiny_settings.train, local_epochs=1)
+    sent, metrics = site.train_round(args, train, encoder, 1)
+    assert any(not torch.equal(v, encoder[k]) for k, v in sent.items())
+    kept = torch.load(site.model_path, weights_only=True)["state_dict"]
+    probe = site.restore(args, encoder, at=step(1, "train"))  # the same fresh, anchored head
+    linear_probe(probe, divide(site.splits(args))[0], replace(train, seed=round_seed(train.seed, site.name, 1)))
+    for key, value in probe.head.state_dict().items():
+        assert torch.equal(kept[f"head.{key}"], value)  # the body phase left the probe's head as it was
 
 
 def test_a_repeated_phase_starts_from_the_same_head_and_a_new_run_from_a_fresh_one(tiny_settings, tmp_path):

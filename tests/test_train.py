@@ -7,7 +7,7 @@ import torch
 
 from shared.data import make_splits, regularize, validate
 from shared.model import Forecaster, ModelArgs
-from shared.train import TrainArgs, anchor_head, evaluate, fine_tune, linear_probe, train_scratch
+from shared.train import TrainArgs, anchor_head, body_update, evaluate, fine_tune, linear_probe, train_scratch
 
 ARGS = ModelArgs(lookback=48, horizon=12, patch_len=12, patch_stride=12, d_model=16, n_heads=2, n_layers=1,
                  d_ff=32, lags=(1, 24))
@@ -70,6 +70,18 @@ def test_fixed_epochs_keep_the_last_weights_even_when_validation_never_improves(
     assert any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert evaluate(model, splits.val)["mae"] == pytest.approx(result.val_curve[-1])
     assert result.returned_val_mae == result.val_curve[-1]
+
+
+def test_body_update_moves_only_the_encoder_for_exactly_the_epochs_asked():
+    torch.manual_seed(0)
+    model, splits = Forecaster(ARGS), _splits()
+    encoder_before, head_before = _state(model.encoder), _state(model.head)
+    result = body_update(model, splits, FAST, epochs=2)
+    assert result.epochs == 2 and len(result.val_curve) == 3
+    assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in head_before.items())
+    assert any(not torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert evaluate(model, splits.val)["mae"] == pytest.approx(result.val_curve[-1])  # the last weights
+    assert all(p.requires_grad for p in model.head.parameters())  # unfrozen afterwards
 
 
 def test_same_seed_same_weights():
