@@ -28,6 +28,7 @@ from server.strategy import EncoderFedAvg
 from shared import wire
 from shared.checkpoint import write_json
 from shared.config import PrivacyArgs, Settings, to_config
+from shared.guard import evidence_warning
 from shared.model import Forecaster, ModelArgs, count_parameters, state_bytes
 from shared.pretrain import initial_model
 from shared.results import site_table
@@ -67,6 +68,8 @@ def main(grid: Grid, context: Context) -> None:
         shared = model.encoder.state_dict() if fed.exchange == "encoder" else model.state_dict()
         state = RunState(arrays=shared, config=config, model_args=model_args.to_dict())
     print(f"run {state.run_key}: rounds {state.round + 1}..{fed.num_server_rounds}", flush=True)
+    if warning := evidence_warning(settings.data.val_size, model_args.horizon, settings.data.stride):
+        print(f"warning: {warning}", flush=True)
 
     fedavg = EncoderFedAvg(
         out, fraction_train=fed.fraction_train, fraction_evaluate=1.0,

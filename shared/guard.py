@@ -7,6 +7,26 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+MIN_WINDOWS = 4  # judging windows the guard needs before it may serve the federated model
+
+
+def judging_origins(val_size: int, horizon: int, stride: int) -> int:
+    """Validation origins per series that judge: every other one (client.site.divide)."""
+    origins = (val_size - horizon) // stride + 1 if val_size >= horizon else 0
+    return origins // 2
+
+
+def evidence_warning(val_size: int, horizon: int, stride: int) -> str:
+    """Why a site with one series could never serve the federated model under these settings, or ""."""
+    judging = judging_origins(val_size, horizon, stride)
+    if judging >= MIN_WINDOWS:
+        return ""
+    return (f"val-size {val_size} with horizon {horizon} and stride {stride} gives {judging} judging validation "
+            f"origins per series, fewer than the guard's {MIN_WINDOWS}: a site with fewer than "
+            f"{-(-MIN_WINDOWS // max(judging, 1))} series always serves alone_best; val-size "
+            f"{horizon + (2 * MIN_WINDOWS - 1) * stride} gives every site enough")
+
+
 @dataclass(frozen=True)
 class GuardDecision:
     """What a site serves, with the validation figures behind the choice."""
@@ -23,7 +43,7 @@ class GuardDecision:
 
 
 def decide(federated: np.ndarray, alone: np.ndarray, margin: float = 0.02, min_win_share: float = 0.5,
-           min_windows: int = 4) -> GuardDecision:
+           min_windows: int = MIN_WINDOWS) -> GuardDecision:
     """Serve the federated model only if, over the validation windows (per-window MAEs, aligned),
 
     - its mean MAE is at least `margin` below the alone option's (not a tie won by noise),

@@ -32,6 +32,7 @@ from client.site import Site, divide, model_scores, round_seed
 from shared.checkpoint import write_json
 from shared.config import Settings, frequency_defaults, parse_overrides
 from shared.data import Splits, Windows, seasons
+from shared.guard import evidence_warning
 from shared.metrics import METRICS
 from shared.pretrain import initial_model
 from shared.sites import read_sites
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"δ {args.dp_delta:g} over {args.rounds} rounds", started)
     log(f"{args.data or 'built-in demo sites'}: frequency {freq}, {frame['site'].nunique()} sites; "
         f"histories {histories}; settings " + ", ".join(f"{k}={config[k]}" for k in defaults), started)
+    if warning := evidence_warning(int(config["val-size"]), int(config["horizon"]), int(config["stride"])):
+        log(f"warning: {warning}", started)
 
     rows, guards, rounds, cutoff_rows = [], [], [], []
     wall: dict[str, float] = {}

@@ -2,7 +2,12 @@
 
 import pytest
 
-from shared.guard import decide
+import numpy as np
+import pandas as pd
+
+from client.site import divide
+from shared.data import make_splits, regularize, validate
+from shared.guard import MIN_WINDOWS, decide, evidence_warning, judging_origins
 
 
 def test_clearly_better_federated_is_served():
@@ -29,3 +34,25 @@ def test_too_few_windows_keep_alone():
 def test_misaligned_errors_are_refused():
     with pytest.raises(ValueError, match="shape"):
         decide([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize("val_size, horizon, stride", [(42, 14, 7), (240, 24, 24), (56, 14, 7), (10, 12, 1), (30, 5, 4)])
+def test_judging_origins_count_the_windows_the_guard_judges(val_size, horizon, stride):
+    n = 200 + val_size
+    frame = pd.DataFrame({"unique_id": "a", "ds": pd.date_range("2024-01-01", periods=n, freq="D"),
+                          "y": np.arange(n, dtype=float)})
+    regular, _ = regularize(validate(frame, "test"))
+    if val_size < horizon:
+        assert judging_origins(val_size, horizon, stride) == 0
+        return
+    splits = make_splits(regular, 28, horizon, val_size, 20, stride=stride)
+    _, judging = divide(splits)
+    assert judging_origins(val_size, horizon, stride) == int(judging.sum())
+
+
+def test_settings_too_short_to_judge_are_named_with_the_fix():
+    message = evidence_warning(42, 14, 7)  # NN5's benchmark: 5 origins, 2 judging
+    assert "2 judging validation origins" in message and "fewer than 2 series" in message
+    assert "val-size 63" in message
+    assert judging_origins(63, 14, 7) == MIN_WINDOWS  # and the suggested size is enough
+    assert evidence_warning(240, 24, 24) == ""  # Beijing's: 5 judging
