@@ -33,6 +33,7 @@ class ModelArgs:
     d_ff: int = 128  # feed-forward width
     dropout: float = 0.1  # inside the transformer only
     lags: tuple[int, ...] = (1, 24, 168)  # simple forecasts the head mixes: naive and seasonal naive
+    head_features: str = "all"  # what the head's correction reads: "all" tokens flattened, or their "mean"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lags", tuple(int(lag) for lag in self.lags))
@@ -42,6 +43,8 @@ class ModelArgs:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if not self.lags or any(lag < 1 or lag > self.lookback for lag in self.lags):
             raise ValueError(f"lags {self.lags} must lie in 1..lookback ({self.lookback})")
+        if self.head_features not in ("all", "mean"):
+            raise ValueError(f"head_features must be 'all' or 'mean', not {self.head_features!r}")
 
     @property
     def n_patches(self) -> int:
@@ -94,14 +97,16 @@ class ForecastHead(nn.Module):
 
     def __init__(self, args: ModelArgs):
         super().__init__()
+        self.pool = args.head_features == "mean"
         self.mix = nn.Parameter(torch.zeros(len(args.lags), args.horizon))
-        self.correction = nn.Linear(args.n_patches * args.d_model, args.horizon)
+        self.correction = nn.Linear(args.d_model if self.pool else args.n_patches * args.d_model, args.horizon)
         nn.init.zeros_(self.correction.weight)
         nn.init.zeros_(self.correction.bias)
 
     def forward(self, tokens: torch.Tensor, simple: torch.Tensor) -> torch.Tensor:
         weights = torch.softmax(self.mix, dim=0)  # [K, H]
-        return (simple * weights).sum(dim=1) + self.correction(tokens.flatten(1))
+        features = tokens.mean(dim=1) if self.pool else tokens.flatten(1)
+        return (simple * weights).sum(dim=1) + self.correction(features)
 
 
 class Forecaster(nn.Module):

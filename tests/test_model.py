@@ -65,3 +65,13 @@ def test_bad_arguments(bad, match):
 
 def test_args_round_trip():
     assert ModelArgs.from_dict(ARGS.to_dict()) == ARGS
+
+
+def test_a_mean_pooling_head_reads_one_token_wide_features():
+    args = ModelArgs(**{**ARGS.to_dict(), "lags": ARGS.lags, "head_features": "mean"})
+    model = Forecaster(args)
+    assert model.head.correction.in_features == args.d_model
+    x = torch.randn(5, args.lookback)
+    assert model(x).shape == (5, args.horizon) and torch.isfinite(model(x)).all()
+    with pytest.raises(ValueError, match="head_features"):
+        ModelArgs(**{**ARGS.to_dict(), "lags": ARGS.lags, "head_features": "max"})
