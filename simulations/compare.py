@@ -14,14 +14,16 @@ with --dp-epsilons, federated_dp_eps<ε> and served_dp_eps<ε> (the product unde
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import os
 import platform
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from importlib.metadata import version
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +38,8 @@ from shared.guard import evidence_warning
 from shared.metrics import METRICS
 from shared.pretrain import initial_model
 from shared.sites import read_sites
-from shared.model import Forecaster
-from shared.train import anchor_head, fine_tune
+from shared.model import Forecaster, ModelArgs
+from shared.train import TrainArgs, anchor_head, fine_tune
 from server.privacy import noise_for_epsilon
 from simulations.report import write_report
 from simulations.runner import APP_DIR, exit_on_sigterm, run_app
@@ -91,26 +93,42 @@ def fresh_head(pretrained: Forecaster, train_windows: Windows) -> Forecaster:
     return model
 
 
-def in_process_arms(settings: Settings, sites: list[Site], pretrained) -> dict[str, dict[str, dict]]:
-    """pretrained_zero_shot, pretrained_only and pooled_oracle per site: {arm: {site: scores}}."""
+def _tune_and_score(start: dict[str, torch.Tensor], args: ModelArgs, split: Splits, full: Splits,
+                    train: TrainArgs) -> dict:
+    """Fine-tune a model from `start` on one site's split and score it (a worker's task)."""
+    torch.set_num_threads(1)
+    model = Forecaster(args)
+    model.load_state_dict(start)
+    fine_tune(model, split, train)
+    return model_scores(model, full)
+
+
+def in_process_arms(settings: Settings, sites: list[Site], pretrained, workers: int = 1) -> dict[str, dict[str, dict]]:
+    """pretrained_zero_shot, pretrained_only and pooled_oracle per site: {arm: {site: scores}}.
+
+    The per-site fine-tunes run in `workers` processes while this one fits the pooled model; each
+    is seeded by its site, so the scores do not depend on `workers`.
+    """
     args, train = settings.model, settings.train
     full = {site.name: site.splits(args) for site in sites}
     splits = {name: divide(s)[0] for name, s in full.items()}  # training sees the fitting windows, as at the sites
-    out: dict[str, dict[str, dict]] = {"pretrained_zero_shot": {}, "pretrained_only": {}, "pooled_oracle": {}}
-    for site in sites:
-        out["pretrained_zero_shot"][site.name] = model_scores(pretrained, full[site.name])
-        model = fresh_head(pretrained, splits[site.name].train)  # as a federated site starts
-        fine_tune(model, splits[site.name], replace(train, seed=round_seed(train.seed, site.name, -1)))
-        out["pretrained_only"][site.name] = model_scores(model, full[site.name])
-    pooled = Splits(*(Windows.concat([getattr(s, part) for s in splits.values()], args.lookback, args.horizon)
-                      for part in ("train", "val", "test")))
-    oracle = fresh_head(pretrained, pooled.train)
-    fine_tune(oracle, pooled, train)  # one model on every site's data: what pooling would give
-    for site in sites:
-        model = copy.deepcopy(oracle)
-        fine_tune(model, splits[site.name], replace(train, seed=round_seed(train.seed, site.name, -2)))
-        out["pooled_oracle"][site.name] = model_scores(model, full[site.name])
-    return out
+    names = sorted(full)
+    pool = ProcessPoolExecutor(max(1, workers), mp_context=get_context("spawn"))  # spawn: no forked torch state
+    try:
+        pre = {n: pool.submit(_tune_and_score, fresh_head(pretrained, splits[n].train).state_dict(), args,  # as a
+                              splits[n], full[n], replace(train, seed=round_seed(train.seed, n, -1)))  # site starts
+               for n in names}
+        pooled = Splits(*(Windows.concat([getattr(splits[n], part) for n in names], args.lookback, args.horizon)
+                          for part in ("train", "val", "test")))
+        oracle = fresh_head(pretrained, pooled.train)
+        fine_tune(oracle, pooled, train)  # one model on every site's data: what pooling would give
+        post = {n: pool.submit(_tune_and_score, oracle.state_dict(), args, splits[n], full[n],
+                               replace(train, seed=round_seed(train.seed, n, -2))) for n in names}
+        return {"pretrained_zero_shot": {n: model_scores(pretrained, full[n]) for n in names},
+                "pretrained_only": {n: f.result() for n, f in pre.items()},
+                "pooled_oracle": {n: f.result() for n, f in post.items()}}
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def federated_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -170,7 +188,8 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
         pretrained, _ = initial_model(settings)
         sites = [Site.open(name, g.reset_index(drop=True).pipe(_with_attrs, part.attrs), work / "inproc" / name,
                            settings.data, settings.site) for name, g in part.groupby("site", sort=True)]
-        for arm, per_site in in_process_arms(settings, sites, pretrained).items():
+        workers = min(len(os.sched_getaffinity(0)), len(sites))
+        for arm, per_site in in_process_arms(settings, sites, pretrained, workers).items():
             if arm in local:
                 results += [{"site": s, "arm": arm, **{m: v["test"][m] for m in METRICS}} for s, v in per_site.items()]
         seconds["in_process"] = time.monotonic() - t0

@@ -2,11 +2,16 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
+import torch
 
+from client.site import Site, divide, round_seed
+from shared.model import Forecaster
+from shared.sites import read_sites
 from shared.synthetic import demo_sites
-from simulations.compare import main
+from simulations.compare import _tune_and_score, _with_attrs, fresh_head, in_process_arms, main
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.flower
@@ -65,3 +70,20 @@ def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
     assert again["per_site"] == per_site and again["config"]["complete"]
     assert "reusing" in capsys.readouterr().out
 
+
+
+def test_in_process_arms_do_not_depend_on_how_many_workers_run_them(tiny_settings, tmp_path):
+    frame = read_sites(tiny_settings.data)
+    sites = [Site.open(name, g.reset_index(drop=True).pipe(_with_attrs, frame.attrs), tmp_path / name,
+                       tiny_settings.data, tiny_settings.site) for name, g in frame.groupby("site", sort=True)]
+    torch.manual_seed(0)
+    pretrained = Forecaster(tiny_settings.model)
+    one = in_process_arms(tiny_settings, sites, pretrained, workers=1)
+    two = in_process_arms(tiny_settings, sites, pretrained, workers=2)
+    assert one == two and set(one["pooled_oracle"]) == {s.name for s in sites}
+    # and a worker scores what this process would for the same site
+    args, train, site = tiny_settings.model, tiny_settings.train, sites[1]
+    fit = divide(site.splits(args))[0]
+    here = _tune_and_score(fresh_head(pretrained, fit.train).state_dict(), args, fit, site.splits(args),
+                           replace(train, seed=round_seed(train.seed, site.name, -1)))
+    assert one["pretrained_only"][site.name] == here
