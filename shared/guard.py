@@ -21,9 +21,9 @@ def evidence_warning(val_size: int, horizon: int, stride: int) -> str:
     judging = judging_origins(val_size, horizon, stride)
     if judging >= MIN_WINDOWS:
         return ""
+    who = (f"a site with fewer than {-(-MIN_WINDOWS // judging)} series" if judging else "every site")
     return (f"val-size {val_size} with horizon {horizon} and stride {stride} gives {judging} judging validation "
-            f"origins per series, fewer than the guard's {MIN_WINDOWS}: a site with fewer than "
-            f"{-(-MIN_WINDOWS // max(judging, 1))} series always serves alone_best; val-size "
+            f"origins per series, fewer than the guard's {MIN_WINDOWS}: {who} always serves alone_best; val-size "
             f"{horizon + (2 * MIN_WINDOWS - 1) * stride} gives every site enough")
 
 

@@ -56,3 +56,4 @@ def test_settings_too_short_to_judge_are_named_with_the_fix():
     assert "val-size 63" in message
     assert judging_origins(63, 14, 7) == MIN_WINDOWS  # and the suggested size is enough
     assert evidence_warning(240, 24, 24) == ""  # Beijing's: 5 judging
+    assert "every site always serves alone_best" in evidence_warning(20, 14, 7)  # one origin: none judges
