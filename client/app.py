@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.privacy import privacy_mod
@@ -108,7 +108,7 @@ def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | N
         site_info = {"name": site.name, **(info or {})}
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(site_info)})
     if arrays is not None:
-        content["arrays"] = wire.pack(arrays, wire.loads(str(msg.content["config"][wire.LAYOUT])))
+        content["arrays"] = ArrayRecord(wire.pack(arrays, wire.loads(str(msg.content["config"][wire.LAYOUT]))))
     return Message(content=content, reply_to=msg)
 
 

@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -78,7 +78,7 @@ def to_plain(content: RecordDict) -> tuple[RecordDict, wire.Layout, float, float
     state = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in zip(keys, ndarrays, strict=True)}
     layout = wire.layout_of(state)
     config[wire.LAYOUT] = wire.dumps(layout)
-    return RecordDict({"arrays": wire.pack(state), "config": ConfigRecord(config)}), layout, max_weight, clipping_range
+    return RecordDict({"arrays": ArrayRecord(wire.pack(state)), "config": ConfigRecord(config)}), layout, max_weight, clipping_range
 
 
 def to_legacy(reply: RecordDict, layout: wire.Layout, max_weight: float, clipping_range: float) -> RecordDict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from flwr.app import ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from shared.checkpoint import write_atomic
@@ -100,7 +100,7 @@ def run_rounds(strategy, grid: Grid, state: RunState, out_dir: Path, num_rounds:
         """The strategy's messages sending the current arrays, their signature for this round added if `sign`."""
         if sign:
             config = ConfigRecord({**config, "encoder-signature": sign(state.arrays, server_round)})
-        return configure_phase(server_round, pack(state.arrays), config, grid)
+        return configure_phase(server_round, ArrayRecord(pack(state.arrays)), config, grid)
 
     def evaluate(server_round: int) -> RunState:
         messages = configure(strategy.configure_evaluate, evaluate_config, server_round)

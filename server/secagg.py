@@ -322,7 +322,7 @@ def run_secagg_rounds(strategy, grid: Grid, state, out_dir: Path, num_rounds: in
         config = evaluate_config
         if sign:
             config = ConfigRecord({**config, "encoder-signature": sign(current.arrays, server_round)})
-        messages = strategy.configure_evaluate(server_round, wire.pack(current.arrays), config, grid)
+        messages = strategy.configure_evaluate(server_round, ArrayRecord(wire.pack(current.arrays)), config, grid)
         strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
         return checkpoint(current, evaluated=True)
 

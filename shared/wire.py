@@ -5,6 +5,8 @@ SuperNode and SuperLink, so a message carrying the encoder's ~30 tensors cost do
 per site and direction. Packed, it is one array. The layout (names and shapes, in order) travels
 in the message's config as `array-layout`; the receiver unpacks to the same named state dict, so
 everything above the message boundary (training, signatures, checkpoints) sees named tensors.
+Plain torch: the apps put `pack`'s one-entry state dict in an `ArrayRecord`, and `unpack` reads
+any mapping of arrays with `.numpy()`, such as the `ArrayRecord` a message carries.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
 
 KEY = "flat"
 LAYOUT = "array-layout"
@@ -38,8 +39,8 @@ def loads(text: str) -> Layout:
         raise ValueError(f"{LAYOUT}: not a list of [name, shape] pairs ({exc})") from exc
 
 
-def pack(state: Mapping[str, torch.Tensor], layout: Layout | None = None) -> ArrayRecord:
-    """`state` as one flat float32 array, in `layout`'s order (default: its own)."""
+def pack(state: Mapping[str, torch.Tensor], layout: Layout | None = None) -> dict[str, torch.Tensor]:
+    """`state` as one flat float32 array under KEY, in `layout`'s order (default: its own)."""
     layout = layout_of(state) if layout is None else layout
     names = [name for name, _ in layout]
     if set(names) != set(state) or len(names) != len(state):
@@ -52,10 +53,10 @@ def pack(state: Mapping[str, torch.Tensor], layout: Layout | None = None) -> Arr
             raise ValueError(f"array {name!r}: {tensor.dtype} {tuple(tensor.shape)}, the layout says float32 {shape}")
         parts.append(tensor.detach().cpu().reshape(-1))
     flat = torch.cat(parts) if parts else torch.zeros(0)
-    return ArrayRecord({KEY: Array(np.ascontiguousarray(flat.numpy()))})
+    return {KEY: flat.contiguous()}
 
 
-def unpack(record: ArrayRecord, layout: Layout) -> dict[str, torch.Tensor]:
+def unpack(record: Mapping, layout: Layout) -> dict[str, torch.Tensor]:
     """The named state dict a packed record holds; ValueError if it does not fit `layout`."""
     if list(record) != [KEY]:
         raise ValueError(f"expected one packed array {KEY!r}, got arrays {list(record)[:5]}")

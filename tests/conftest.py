@@ -43,9 +43,9 @@ def flower_message(content, message_type: str = "train", src_node_id: int = 1, d
 
 def encoder_content(encoder, config: dict):
     """A message's content as the server sends it: `encoder` packed (shared.wire), its layout in `config`."""
-    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
     from shared import wire
 
     layout = wire.dumps(wire.layout_of(encoder))
-    return RecordDict({"arrays": wire.pack(encoder), "config": ConfigRecord({**config, wire.LAYOUT: layout})})
+    return RecordDict({"arrays": ArrayRecord(wire.pack(encoder)), "config": ConfigRecord({**config, wire.LAYOUT: layout})})

@@ -71,7 +71,6 @@ def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
     assert "reusing" in capsys.readouterr().out
 
 
-
 def test_in_process_arms_do_not_depend_on_how_many_workers_run_them(tiny_settings, tmp_path):
     frame = read_sites(tiny_settings.data)
     sites = [Site.open(name, g.reset_index(drop=True).pipe(_with_attrs, frame.attrs), tmp_path / name,

@@ -131,7 +131,7 @@ def _site_app(site: int, recorder: Recorder, fail_rounds=()) -> ClientApp:
         recorder.plain[(context.node_id, server_round)] = (sent, n)
         if "model-args" not in msg.content["config"]:
             raise KeyError("the handler's config did not come through")
-        return Message(RecordDict({"arrays": wire.pack({k: torch.from_numpy(v) for k, v in sent.items()}, layout),
+        return Message(RecordDict({"arrays": ArrayRecord(wire.pack({k: torch.from_numpy(v) for k, v in sent.items()}, layout)),
                                    "metrics": MetricRecord({"num-examples": n, "val-mae": 0.5 + site}),
                                    "site": ConfigRecord({"name": f"site{site:02d}"})}), reply_to=msg)
 
@@ -348,7 +348,7 @@ def test_legacy_instruction_and_reply_translate_both_ways():
     assert _max_diff(state, wire.unpack(plain["arrays"], layout)) == 0.0
 
     named = {k: torch.from_numpy(state[k]) for k in keys}
-    reply = RecordDict({"arrays": wire.pack(named, layout),
+    reply = RecordDict({"arrays": ArrayRecord(wire.pack(named, layout)),
                         "metrics": MetricRecord({"num-examples": 1500, "val-mae": 0.25}),
                         "site": ConfigRecord({"name": "a", "serve": "federated"})})
     fitres = compat.recorddict_to_fitres(to_legacy(reply, layout, 1000.0, 8.0), keep_input=True)
@@ -359,11 +359,11 @@ def test_legacy_instruction_and_reply_translate_both_ways():
     assert all(np.array_equal(a, state[k]) and a.dtype == np.float64
                for a, k in zip(parameters_to_ndarrays(fitres.parameters), keys))
 
-    big = RecordDict({"arrays": wire.pack({k: v * 100 for k, v in named.items()}, layout),
+    big = RecordDict({"arrays": ArrayRecord(wire.pack({k: v * 100 for k, v in named.items()}, layout)),
                       "metrics": MetricRecord({"num-examples": 1000})})
     with pytest.raises(ValueError, match="clip"):
         to_legacy(big, layout, 1000.0, 8.0)
-    wrong = RecordDict({"arrays": wire.pack({"other": named[keys[0]]}),
+    wrong = RecordDict({"arrays": ArrayRecord(wire.pack({"other": named[keys[0]]})),
                         "metrics": MetricRecord({"num-examples": 10})})
     with pytest.raises(ValueError, match="layout needs"):
         to_legacy(wrong, layout, 1000.0, 8.0)

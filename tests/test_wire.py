@@ -1,5 +1,8 @@
 """The message boundary (shared.wire): a state dict travels as one flat array and comes back exactly."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +23,7 @@ def _encoder():
 def test_an_encoder_travels_as_one_array_and_unpacks_bit_for_bit():
     state = _encoder()
     layout = wire.loads(wire.dumps(wire.layout_of(state)))
-    record = wire.pack(state)
+    record = ArrayRecord(wire.pack(state))  # as a message carries it
     assert list(record) == [wire.KEY] and len(state) > 10  # one array instead of one per tensor
     assert record[wire.KEY].numpy().shape == (sum(t.numel() for t in state.values()),)
     back = wire.unpack(record, layout)
@@ -70,3 +73,12 @@ def test_a_packed_record_that_does_not_fit_the_layout_is_refused():
         wire.unpack(ArrayRecord({k: Array(v.numpy()) for k, v in state.items()}), layout)
     with pytest.raises(ValueError, match="array-layout: not a list"):
         wire.loads('{"a": 1}')
+
+
+def test_shared_code_knows_nothing_of_flower():
+    """shared/ (model, data, training, the message format) imports no Flower module."""
+    code = ("import pkgutil, importlib, sys, shared\n"
+            "for m in pkgutil.iter_modules(shared.__path__): importlib.import_module('shared.' + m.name)\n"
+            "print(sorted(n for n in sys.modules if n == 'flwr' or n.startswith('flwr.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
