@@ -1,5 +1,9 @@
 """Training functions: they learn, they freeze what they say, they stop on validation, they repeat."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +11,7 @@ import torch
 
 from shared.data import make_splits, regularize, validate
 from shared.model import Forecaster, ModelArgs
-from shared.train import TrainArgs, anchor_head, body_update, evaluate, fine_tune, linear_probe, train_scratch
+from shared.train import AdamW, TrainArgs, anchor_head, body_update, evaluate, fine_tune, linear_probe, train_scratch
 
 ARGS = ModelArgs(lookback=48, horizon=12, patch_len=12, patch_stride=12, d_model=16, n_heads=2, n_layers=1,
                  d_ff=32, lags=(1, 24))
@@ -105,3 +109,40 @@ def test_anchor_head_starts_from_the_best_simple_forecast_on_training_windows():
     x = torch.from_numpy(splits.val.x[:1])
     expected = 0.9 * x[0, 24:36] + 0.1 * x[0, -1]
     torch.testing.assert_close(model.eval()(x)[0], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_adamw_updates_exactly_as_torchs_adamw_with_groups_and_frozen_parameters():
+    torch.manual_seed(0)
+    ours, theirs = Forecaster(ARGS), Forecaster(ARGS)
+    theirs.load_state_dict(ours.state_dict())
+    ours.eval(), theirs.eval()  # no dropout: the same gradients in both
+    start = _state(ours)
+    moved = [f"encoder.{k}" for k, p in ours.encoder.named_parameters()] + [f"head.{k}" for k, p in ours.head.named_parameters()]
+    ours.encoder.requires_grad_(False)  # no gradient: neither optimizer may touch them
+    theirs.encoder.requires_grad_(False)
+    x = torch.randn(16, ARGS.lookback)
+
+    def groups(model):
+        return [{"params": model.head.parameters(), "lr": 3e-3}, {"params": model.encoder.parameters(), "lr": 1e-3}]
+
+    optimizers = [AdamW(groups(ours), 1e-4), torch.optim.AdamW(groups(theirs), weight_decay=1e-4)]
+    for step in range(5):
+        if step == 3:
+            for model in (ours, theirs):
+                model.encoder.requires_grad_(True)  # a group joining mid-way starts its own moments
+        for model, opt in zip((ours, theirs), optimizers):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
+    assert all(not torch.equal(v, start[k]) for k, v in ours.state_dict().items() if k in moved)
+
+
+def test_a_fit_does_not_import_torch_dynamo():
+    """torch.optim.Optimizer's methods import torch._dynamo (about 1.2 s) in every fresh ClientApp process."""
+    code = ("import sys; from tests.test_train import ARGS, FAST, _splits; from shared.model import Forecaster; "
+            "from shared.train import fine_tune; fine_tune(Forecaster(ARGS), _splits(), FAST); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "False"
