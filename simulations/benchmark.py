@@ -21,10 +21,11 @@ PRESETS = {
     "beijing": ["--data", str(DATA / "beijing_air" / "pm25_hourly.csv.gz"), "--history", "720",
                 "--lookback", "168", "--horizon", "24", "--val-size", "240", "--test-size", "672",
                 "--stride", "24", "--cutoffs", "4", "--spacing", "2160", "--rounds", "3"],
-    # 111 ATMs, 120 days of daily history, weekly origins over 98-day test periods, 3 cutoffs
+    # 111 ATMs, 120 days of daily history, weekly origins over 98-day test periods, 3 cutoffs; epochs of
+    # 10 batches (not 25) for the 30-minute budget: the same validation skill on 22 ATMs, 37 % less time
     "nn5": ["--data", str(DATA / "nn5" / "nn5_daily.csv.gz"), "--history", "120", "--lookback", "56",
             "--horizon", "14", "--val-size", "42", "--test-size", "98", "--stride", "7", "--cutoffs", "3",
-            "--spacing", "98", "--rounds", "3"],
+            "--spacing", "98", "--rounds", "3", "--set", "steps-per-epoch=10"],
 }
 
 
