@@ -117,7 +117,7 @@ def test_adamw_updates_exactly_as_torchs_adamw_with_groups_and_frozen_parameters
     theirs.load_state_dict(ours.state_dict())
     ours.eval(), theirs.eval()  # no dropout: the same gradients in both
     start = _state(ours)
-    moved = [f"encoder.{k}" for k, p in ours.encoder.named_parameters()] + [f"head.{k}" for k, p in ours.head.named_parameters()]
+    moved = [f"encoder.{k}" for k, _ in ours.encoder.named_parameters()] + [f"head.{k}" for k, _ in ours.head.named_parameters()]
     ours.encoder.requires_grad_(False)  # no gradient: neither optimizer may touch them
     theirs.encoder.requires_grad_(False)
     x = torch.randn(16, ARGS.lookback)
