@@ -5,6 +5,7 @@ Each test starts real Flower processes (simulations.pilot) and stops them; about
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,7 +127,11 @@ def test_a_serverapp_killed_mid_run_resumes_from_its_last_round(tmp_path):
         first = _wait_for_round(state, 1, first_run.is_alive)
         (server_app,) = [p for p in _own_processes(out) if "flwr-serverapp" in " ".join(p.cmdline())]
         server_app.kill()
+        # the coordinator stops the dead run rather than wait ~60 s for Flower to miss its heartbeats
+        (run_id,) = re.findall(r"Successfully started run (\d+)", (out / "logs" / "flwr-run.log").read_text())
+        pilot.flwr("stop", run_id, "pilot")
         first_run.join(timeout=120)
+        assert not first_run.is_alive()
         assert not (out / "server" / "summary.json").exists()
         first = torch.load(state, weights_only=True)
         assert 1 <= first["round"] < 3
