@@ -1,0 +1,57 @@
+"""The README's benchmark tables say what the committed benchmark reports measured."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report(name: str) -> dict:
+    folder = ROOT / "benchmarks" / name
+    if (folder / "report.json.gz").exists():
+        return json.loads(gzip.decompress((folder / "report.json.gz").read_bytes()))
+    return json.loads((folder / "report.json").read_text())
+
+
+def _table_after(text: str, marker: str) -> list[list[str]]:
+    """The cells of the first Markdown table after `marker`, header and rule left out."""
+    lines = text[text.index(marker):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| arm |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().strip("*").strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _percents(cell: str) -> list[float]:
+    return [float(part.replace("−", "-").replace("%", "").strip()) for part in cell.split("/")]
+
+
+@pytest.mark.parametrize("name, marker", [("beijing", "**Beijing PM2.5, 12 stations**"),
+                                          ("nn5", "**NN5, 111 ATMs**")])
+def test_benchmark_table_matches_its_report(name, marker):
+    report = _report(name)
+    summary = {s["arm"]: s for s in report["summary"]}
+    worst = {}
+    for row in report["per_site"]:
+        worst[row["arm"]] = min(worst.get(row["arm"], float("inf")), row["skill_vs_alone"])
+    rows = _table_after((ROOT / "README.md").read_text(), marker)
+    assert len(rows) >= 10
+    seen = set()
+    for label, median, better, worse, worst_cell in rows:
+        arm = label.split(" (")[0]
+        base, *suffixes = [a.strip() for a in arm.split("/")]  # "seasonal_naive_24 / _168"
+        arms = [base] + [base.rsplit("_", 1)[0] + s for s in suffixes]
+        for index, arm in enumerate(arms):
+            assert arm in summary, (name, arm)
+            seen.add(arm)
+            assert _percents(median)[index] == round(100 * summary[arm]["median_skill"], 1), (name, arm)
+            assert _percents(worst_cell)[index] == round(100 * worst[arm], 1), (name, arm)
+        assert _percents(better)[0] == round(100 * summary[arms[0]]["share_better"]), (name, arms[0])
+        assert _percents(worse)[0] == round(100 * summary[arms[0]]["share_worse"]), (name, arms[0])
+    assert seen == set(summary) - {"alone_best"}, name
