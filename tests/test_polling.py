@@ -89,3 +89,22 @@ def test_the_supernode_launcher_refuses_another_flower(monkeypatch):
     monkeypatch.setattr(flwr, "__version__", "1.42.0")
     with pytest.raises(SystemExit, match="checked against Flower 1.41.0, not 1.42.0"):
         launcher.shorten_waits(0.5)
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "0.1"), ("2.5", "2.5")])
+def test_the_supernode_sets_its_superexec_poll_unless_the_environment_does(monkeypatch, preset, expected):
+    from flwr.supernode import start_client_internal
+
+    import client.supernode as launcher
+
+    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)
+    monkeypatch.setenv(launcher.SUPEREXEC_POLL, preset or "unset")  # restored after the test, set or not
+    if preset is None:
+        monkeypatch.delenv(launcher.SUPEREXEC_POLL)
+    started = []
+    monkeypatch.setattr(launcher, "flower_supernode", lambda: started.append(list(launcher.sys.argv)))
+    monkeypatch.setattr(launcher.sys, "argv", list(launcher.sys.argv))
+    launcher.main(["--poll", "0.5", "--superlink", "h:1"])
+    assert started == [["flower-supernode", "--superlink", "h:1"]]
+    assert launcher.os.environ[launcher.SUPEREXEC_POLL] == expected
+
