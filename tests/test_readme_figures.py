@@ -55,3 +55,24 @@ def test_benchmark_table_matches_its_report(name, marker):
         assert _percents(better)[0] == round(100 * summary[arms[0]]["share_better"]), (name, arms[0])
         assert _percents(worse)[0] == round(100 * summary[arms[0]]["share_worse"]), (name, arms[0])
     assert seen == set(summary) - {"alone_best"}, name
+
+
+def test_ceiling_table_matches_its_reports():
+    reports = {}
+    for name in ("beijing", "nn5"):
+        folder = ROOT / "benchmarks" / name
+        raw = (gzip.decompress((folder / "ceiling.json.gz").read_bytes()) if (folder / "ceiling.json.gz").exists()
+               else (folder / "ceiling.json").read_bytes())
+        reports[name] = json.loads(raw)["summary"]
+    text = (ROOT / "README.md").read_text()
+    lines = text[text.index("**What pooling could give at all**"):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| median skill vs stat_choice"))
+    rows = [line for line in lines[start + 2:] if line.startswith("|")][:5]
+    assert len(rows) == 5
+    for line in rows:
+        label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        arm = label.split("`")[1]
+        for name, cell in zip(("beijing", "nn5"), cells):
+            median, worst = _percents(cell.replace("(", "/").replace(")", ""))[:2]
+            assert median == round(100 * reports[name][arm]["median_skill"], 1), (name, arm)
+            assert worst == round(100 * reports[name][arm]["worst_skill"], 1), (name, arm)
