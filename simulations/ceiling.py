@@ -14,6 +14,10 @@ seasonal naive and the statistical models on validation: `alone_best` without lo
   on the pooled validation windows; `local_ridge`: the same on the site's windows alone;
 - `pooled_ridge_on_naive`: the same pooled ridge predicting the correction to persistence (a
   large penalty gives persistence);
+- `pooled_ridge_on_stat`: the pooled ridge of the correction to each site's `stat_choice`, with
+  that forecast as one more input (what a head that starts from the statistical forecast could
+  learn from pooled windows; training windows get in-sample statistical forecasts);
+  `pooled_ridge_on_stat_if_better`: only where the site's validation MAE prefers it;
 - `combination`: the mean of `pooled_ridge` and `stat_choice`; `combination_if_better`: that mean
   only where the site's validation MAE says it beats `stat_choice`.
 
@@ -33,7 +37,7 @@ import pandas as pd
 from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import write_json
 from shared.config import DataArgs, frequency_defaults
-from shared.data import Windows, make_splits, regularize, season_length, seasons
+from shared.data import Splits, Windows, make_splits, regularize, season_length, seasons
 from shared.metrics import forecast_errors
 from shared.model import EPS
 from shared.sites import read_sites
@@ -41,8 +45,9 @@ from shared.statistical import STAT_MODELS, frame_n_train, statistical_predictio
 from simulations.benchmark import PRESETS
 from simulations.compare import cutoff_times, window_slice
 
-PENALTIES = (1.0, 10.0, 100.0, 1e3, 1e4)
-ARMS = ("pooled_ridge", "local_ridge", "pooled_ridge_on_naive", "combination", "combination_if_better")
+PENALTIES = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
+ARMS = ("pooled_ridge", "local_ridge", "pooled_ridge_on_naive", "pooled_ridge_on_stat", "pooled_ridge_on_stat_if_better",
+        "combination", "combination_if_better")
 
 
 def design(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,30 +57,44 @@ def design(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class Ridge:
-    """Ridge regression of the normalised horizon on the normalised window (optionally of its
-    difference from persistence), fitted on a set of training windows."""
+    """Ridge regression of the normalised horizon on the normalised window, fitted on a set of
+    training windows. With `anchor`, it regresses the correction to an anchor forecast instead
+    ("naive": persistence; "given": forecasts passed beside the windows, also an input), so a
+    large penalty gives the anchor itself."""
 
-    def __init__(self, train: list[Windows], on_naive: bool = False):
-        parts = [design(w.x) for w in train]
-        self.on_naive = on_naive
-        self.z = np.vstack([z for z, _, _ in parts])
-        self.t = np.vstack([(w.y - m) / s - (z[:, -2:-1] if on_naive else 0) for w, (z, m, s) in zip(train, parts)])
-        self.gram, self.cross = self.z.T @ self.z, self.z.T @ self.t
+    def __init__(self, train: list[Windows], anchor: str = "", given: list[np.ndarray] | None = None):
+        self.anchor = anchor
+        parts = [self.features(w.x, g) for w, g in zip(train, given or [None] * len(train))]
+        z = np.vstack([p[0] for p in parts])
+        t = np.vstack([(w.y - m) / s - a for w, (_, a, m, s) in zip(train, parts)])
+        self.gram, self.cross = z.T @ z, z.T @ t
         self.weights = None
+
+    def features(self, x: np.ndarray, given: np.ndarray | None = None):
+        """(design, normalised anchor forecast or 0, mean, std) of windows x."""
+        z, mean, std = design(x)
+        if self.anchor == "naive":
+            return z, z[:, -2:-1], mean, std
+        if self.anchor == "given":
+            anchor = (given - mean) / std
+            return np.hstack([z, anchor]), anchor, mean, std
+        return z, 0.0, mean, std
 
     def fit(self, penalty: float) -> Ridge:
         self.weights = np.linalg.solve(self.gram + penalty * np.eye(len(self.gram)), self.cross)
         return self
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        z, mean, std = design(x)
-        return (z @ self.weights + (z[:, -2:-1] if self.on_naive else 0)) * std + mean
+    def predict(self, x: np.ndarray, given: np.ndarray | None = None) -> np.ndarray:
+        z, anchor, mean, std = self.features(x, given)
+        return (z @ self.weights + anchor) * std + mean
 
-    def tuned(self, val: list[Windows]) -> Ridge:
+    def tuned(self, val: list[Windows], given: list[np.ndarray] | None = None) -> Ridge:
         """Refit with the penalty of lowest mean validation MAE over `val` (one entry per site)."""
+        given = given or [None] * len(val)
+
         def score(p):
             self.fit(p)
-            return np.mean([mae(self.predict(w.x), w) for w in val])
+            return np.mean([mae(self.predict(w.x, g), w) for w, g in zip(val, given)])
         return self.fit(min(PENALTIES, key=score))
 
 
@@ -83,18 +102,22 @@ def mae(pred: np.ndarray, w: Windows) -> float:
     return forecast_errors(pred, w.y, w.mask, w.scale)["mae"]
 
 
-def stat_choice(frame: pd.DataFrame, val: Windows, test: Windows, horizon: int, lags: list[int],
-                val_size: int, test_size: int) -> tuple[str, np.ndarray, np.ndarray]:
-    """(name, validation forecasts, test forecasts) of the site's best simple or statistical option."""
-    options = {simple_name(lag): (seasonal_naive(val.x, horizon, lag), seasonal_naive(test.x, horizon, lag))
+def stat_choice(frame: pd.DataFrame, splits: Splits, horizon: int, lags: list[int], val_size: int,
+                test_size: int) -> tuple[str, dict[str, np.ndarray]]:
+    """(name, {"train", "val", "test": its forecasts}) of the site's best simple or statistical
+    option on validation. A statistical model's parameters are fitted on the training part, so its
+    forecasts of training windows are in-sample."""
+    parts = ("train", "val", "test")
+    options = {simple_name(lag): {k: seasonal_naive(getattr(splits, k).x, horizon, lag) for k in parts}
                for lag in lags}
-    both = Windows.concat([val, test], val.x.shape[1], horizon)
+    every = Windows.concat([getattr(splits, k) for k in parts], splits.val.x.shape[1], horizon)
+    ends = np.cumsum([len(getattr(splits, k)) for k in parts])[:-1]
     n_train = frame_n_train(frame, val_size, test_size)
     for model in STAT_MODELS:
-        pred = statistical_predictions(frame, both, n_train, horizon, season_length(frame.attrs["freq"]), model).pred
-        options[model] = (pred[: len(val)], pred[len(val):])
-    best = min(options, key=lambda name: (mae(options[name][0], val), name))
-    return best, *options[best]
+        pred = statistical_predictions(frame, every, n_train, horizon, season_length(frame.attrs["freq"]), model).pred
+        options[model] = dict(zip(parts, np.split(pred, ends)))
+    best = min(options, key=lambda name: (mae(options[name]["val"], splits.val), name))
+    return best, options[best]
 
 
 def run_cutoff(part: pd.DataFrame, config: dict) -> list[dict]:
@@ -108,21 +131,26 @@ def run_cutoff(part: pd.DataFrame, config: dict) -> list[dict]:
         rows.attrs = dict(part.attrs)
         frame, _ = regularize(rows)
         splits = make_splits(frame, lookback, horizon, val_size, test_size, stride=int(config["stride"]))
-        sites[name] = (splits, stat_choice(frame, splits.val, splits.test, horizon, lags, val_size, test_size))
-    train, val = [s.train for s, _ in sites.values()], [s.val for s, _ in sites.values()]
+        sites[name] = (splits, *stat_choice(frame, splits, horizon, lags, val_size, test_size))
+    train, val = [s.train for s, _, _ in sites.values()], [s.val for s, _, _ in sites.values()]
     pooled = Ridge(train).tuned(val)
-    on_naive = Ridge(train, on_naive=True).tuned(val)
+    on_naive = Ridge(train, anchor="naive").tuned(val)
+    on_stat = Ridge(train, "given", [c["train"] for _, _, c in sites.values()]).tuned(
+        val, [c["val"] for _, _, c in sites.values()])
     rows = []
-    for name, (splits, (choice, choice_val, choice_test)) in sites.items():
+    for name, (splits, choice, chosen) in sites.items():
         local = Ridge([splits.train]).tuned([splits.val])
-        combo_val = (pooled.predict(splits.val.x) + choice_val) / 2
-        combo_test = (pooled.predict(splits.test.x) + choice_test) / 2
-        better = mae(combo_val, splits.val) < mae(choice_val, splits.val)
-        preds = {"stat_choice": choice_test, "pooled_ridge": pooled.predict(splits.test.x),
+        combo = {k: (pooled.predict(getattr(splits, k).x) + chosen[k]) / 2 for k in ("val", "test")}
+        corrected = {k: on_stat.predict(getattr(splits, k).x, chosen[k]) for k in ("val", "test")}
+
+        def if_better(option):  # the option only where the site's validation MAE prefers it
+            return option["test"] if mae(option["val"], splits.val) < mae(chosen["val"], splits.val) else chosen["test"]
+        preds = {"stat_choice": chosen["test"], "pooled_ridge": pooled.predict(splits.test.x),
                  "local_ridge": local.predict(splits.test.x),
-                 "pooled_ridge_on_naive": on_naive.predict(splits.test.x), "combination": combo_test,
-                 "combination_if_better": combo_test if better else choice_test}
-        base = mae(choice_test, splits.test)
+                 "pooled_ridge_on_naive": on_naive.predict(splits.test.x),
+                 "pooled_ridge_on_stat": corrected["test"], "pooled_ridge_on_stat_if_better": if_better(corrected),
+                 "combination": combo["test"], "combination_if_better": if_better(combo)}
+        base = mae(chosen["test"], splits.test)
         rows += [{"site": name, "arm": arm, "mae": mae(p, splits.test), "skill": 1 - mae(p, splits.test) / base,
                   "stat_choice": choice} for arm, p in preds.items()]
     return rows

@@ -41,8 +41,19 @@ def test_ridges_recover_an_exact_linear_rule():
     ridge = Ridge([windows(x, y)]).fit(1e-6)
     assert np.abs(ridge.predict(x[:50]) - y[:50]).max() < 1e-3
     # on the correction to persistence, even a huge penalty leaves persistence itself
-    ridge = Ridge([windows(x, y)], on_naive=True).fit(1e6)
+    ridge = Ridge([windows(x, y)], anchor="naive").fit(1e6)
     assert np.abs(ridge.predict(x[:50]) - y[:50]).max() < 1e-6
     # a penalty that large on the plain ridge shrinks to the window mean instead
     plain = Ridge([windows(x, y)]).fit(1e6)
     assert np.abs(plain.predict(x[:50]) - x[:50].mean(1, keepdims=True)).max() < 0.05 * np.abs(y[:50]).max()
+
+
+def test_a_ridge_on_given_forecasts_keeps_them_under_a_large_penalty_and_corrects_a_biased_one():
+    rng = np.random.default_rng(1)
+    x = rng.normal(10, 2, (400, 24))
+    y = np.repeat(x[:, -1:], 6, axis=1)
+    given = y + 0.5 * x.std(1, keepdims=True)  # persistence shifted by half a window std
+    stiff = Ridge([windows(x, y)], "given", [given]).fit(1e9)
+    assert np.abs(stiff.predict(x[:50], given[:50]) - given[:50]).max() < 1e-3
+    loose = Ridge([windows(x, y)], "given", [given]).fit(1e-6)
+    assert np.abs(loose.predict(x[:50], given[:50]) - y[:50]).max() < 1e-3
