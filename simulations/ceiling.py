@@ -2,6 +2,8 @@
 
     python -m simulations.ceiling beijing|nn5 [--out DIR]     # a benchmark preset (../shared/data)
     python -m simulations.ceiling --data FILE --history H ... # the compare options it reads
+    python -m simulations.ceiling beijing --covariates ../shared/data/beijing_air/pm25_hourly_with_covariates.parquet \
+        --out runs/ceiling-beijing-covariates                # with past weather and pollutants
 
 A check on the comparison's targets, not an arm: if a model fitted on all sites' pooled windows
 (what no site may do) cannot beat a site's best simple or statistical option, a federated model
@@ -19,7 +21,11 @@ seasonal naive and the statistical models on validation: `alone_best` without lo
   learn from pooled windows; training windows get in-sample statistical forecasts);
   `pooled_ridge_on_stat_if_better`: only where the site's validation MAE prefers it;
 - `combination`: the mean of `pooled_ridge` and `stat_choice`; `combination_if_better`: that mean
-  only where the site's validation MAE says it beats `stat_choice`.
+  only where the site's validation MAE says it beats `stat_choice`;
+- with `--covariates FILE` (long format, `unique_id, ds` and numeric columns, e.g. weather):
+  `pooled_ridge_on_stat_covariates`, `pooled_ridge_on_stat` with every numeric column's value at
+  the window's last input time as more inputs (standardised on the pooled training windows, carried
+  forward over gaps; nothing of the horizon is known), and its `_if_better`.
 
 Writes DIR/ceiling.json (per site and cutoff, and a summary per arm) and prints the summary.
 """
@@ -37,7 +43,7 @@ import pandas as pd
 from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import write_json
 from shared.config import DataArgs, frequency_defaults
-from shared.data import Splits, Windows, make_splits, regularize, season_length, seasons
+from shared.data import DataError, Splits, Windows, make_splits, regularize, season_length, seasons
 from shared.metrics import forecast_errors
 from shared.model import EPS
 from shared.sites import read_sites
@@ -48,6 +54,7 @@ from simulations.compare import cutoff_times, window_slice
 PENALTIES = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 ARMS = ("pooled_ridge", "local_ridge", "pooled_ridge_on_naive", "pooled_ridge_on_stat", "pooled_ridge_on_stat_if_better",
         "combination", "combination_if_better")
+COVARIATE_ARMS = ("pooled_ridge_on_stat_covariates", "pooled_ridge_on_stat_covariates_if_better")
 
 
 def design(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,41 +67,46 @@ class Ridge:
     """Ridge regression of the normalised horizon on the normalised window, fitted on a set of
     training windows. With `anchor`, it regresses the correction to an anchor forecast instead
     ("naive": persistence; "given": forecasts passed beside the windows, also an input), so a
-    large penalty gives the anchor itself."""
+    large penalty gives the anchor itself. `extra` are more inputs per window, already scaled."""
 
-    def __init__(self, train: list[Windows], anchor: str = "", given: list[np.ndarray] | None = None):
+    def __init__(self, train: list[Windows], anchor: str = "", given: list[np.ndarray] | None = None,
+                 extra: list[np.ndarray] | None = None):
         self.anchor = anchor
-        parts = [self.features(w.x, g) for w, g in zip(train, given or [None] * len(train))]
+        nones = [None] * len(train)
+        parts = [self.features(w.x, g, e) for w, g, e in zip(train, given or nones, extra or nones)]
         z = np.vstack([p[0] for p in parts])
         t = np.vstack([(w.y - m) / s - a for w, (_, a, m, s) in zip(train, parts)])
         self.gram, self.cross = z.T @ z, z.T @ t
         self.weights = None
 
-    def features(self, x: np.ndarray, given: np.ndarray | None = None):
+    def features(self, x: np.ndarray, given: np.ndarray | None = None, extra: np.ndarray | None = None):
         """(design, normalised anchor forecast or 0, mean, std) of windows x."""
         z, mean, std = design(x)
+        anchor = 0.0
         if self.anchor == "naive":
-            return z, z[:, -2:-1], mean, std
-        if self.anchor == "given":
+            anchor = z[:, -2:-1]
+        elif self.anchor == "given":
             anchor = (given - mean) / std
-            return np.hstack([z, anchor]), anchor, mean, std
-        return z, 0.0, mean, std
+            z = np.hstack([z, anchor])
+        return (z if extra is None else np.hstack([z, extra])), anchor, mean, std
 
     def fit(self, penalty: float) -> Ridge:
         self.weights = np.linalg.solve(self.gram + penalty * np.eye(len(self.gram)), self.cross)
         return self
 
-    def predict(self, x: np.ndarray, given: np.ndarray | None = None) -> np.ndarray:
-        z, anchor, mean, std = self.features(x, given)
+    def predict(self, x: np.ndarray, given: np.ndarray | None = None, extra: np.ndarray | None = None) -> np.ndarray:
+        z, anchor, mean, std = self.features(x, given, extra)
         return (z @ self.weights + anchor) * std + mean
 
-    def tuned(self, val: list[Windows], given: list[np.ndarray] | None = None) -> Ridge:
+    def tuned(self, val: list[Windows], given: list[np.ndarray] | None = None,
+              extra: list[np.ndarray] | None = None) -> Ridge:
         """Refit with the penalty of lowest mean validation MAE over `val` (one entry per site)."""
-        given = given or [None] * len(val)
+        nones = [None] * len(val)
+        given, extra = given or nones, extra or nones
 
         def score(p):
             self.fit(p)
-            return np.mean([mae(self.predict(w.x, g), w) for w, g in zip(val, given)])
+            return np.mean([mae(self.predict(w.x, g, e), w) for w, g, e in zip(val, given, extra)])
         return self.fit(min(PENALTIES, key=score))
 
 
@@ -120,7 +132,55 @@ def stat_choice(frame: pd.DataFrame, splits: Splits, horizon: int, lags: list[in
     return best, options[best]
 
 
-def run_cutoff(part: pd.DataFrame, config: dict) -> list[dict]:
+def read_covariates(path: str) -> pd.DataFrame:
+    """The numeric columns of a long-format covariates file, indexed by (unique_id, ds), each
+    carried forward over gaps within its series."""
+    try:
+        raw = (pd.read_parquet(path) if path.lower().endswith((".parquet", ".pq"))
+               else pd.read_csv(path, dtype={"unique_id": str}))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read covariates {path}: {e}") from e
+    missing = sorted({"unique_id", "ds"} - set(raw.columns))
+    if missing:
+        raise DataError(f"covariates {path}: no column {', '.join(missing)}")
+    columns = [c for c in raw.columns if c not in ("unique_id", "ds", "y", "site")
+               and pd.api.types.is_numeric_dtype(raw[c])]
+    if not columns:
+        raise DataError(f"covariates {path}: no numeric column besides unique_id, ds, y, site")
+    try:
+        ds = pd.to_datetime(raw["ds"]).astype("datetime64[ns]")
+    except (ValueError, TypeError) as e:
+        raise DataError(f"covariates {path}: column ds: {e}") from e
+    raw = raw.assign(unique_id=raw["unique_id"].astype(str), ds=ds).sort_values(["unique_id", "ds"])
+    twice = raw.duplicated(["unique_id", "ds"])
+    if twice.any():
+        row = raw[twice].iloc[0]
+        raise DataError(f"covariates {path}: series {row['unique_id']} has {row['ds']} twice")
+    raw[columns] = raw.groupby("unique_id")[columns].ffill()
+    others = [c for c in raw.columns if c not in (*columns, "unique_id", "ds", "y", "site")]
+    print(f"covariates from {path}: {', '.join(columns)}" + (f" (not numeric, left out: {', '.join(others)})" if others else ""))
+    return raw.set_index(["unique_id", "ds"])[columns]
+
+
+def covariate_inputs(table: pd.DataFrame, sites: dict, step) -> dict[str, dict[str, np.ndarray]]:
+    """{site: {split: covariates at each window's last input time}}, standardised on the pooled
+    training windows; unknown values (before a series' first row) are the training mean."""
+    known = set(table.index.get_level_values(0))
+    values = {}
+    for name, (splits, _, _) in sites.items():
+        absent = sorted(set(splits.train.series) - known)
+        if absent:
+            raise DataError(f"covariates: no rows for series {absent[0]} (site {name})")
+        values[name] = {k: table.reindex(pd.MultiIndex.from_arrays(
+            [getattr(splits, k).series.astype(str), pd.DatetimeIndex(getattr(splits, k).origin) - step])).to_numpy(float)
+            for k in ("train", "val", "test")}
+    pooled = np.vstack([v["train"] for v in values.values()])
+    mean, std = np.nanmean(pooled, 0), np.nanstd(pooled, 0)
+    std = np.where(std > 0, std, 1.0)
+    return {name: {k: np.nan_to_num((v - mean) / std) for k, v in parts.items()} for name, parts in values.items()}
+
+
+def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None = None) -> list[dict]:
     """Rows {site, arm, mae, skill} of one cutoff's slice of the data."""
     lookback, horizon = int(config["lookback"]), int(config["horizon"])
     val_size, test_size = int(config["val-size"]), int(config["test-size"])
@@ -135,8 +195,12 @@ def run_cutoff(part: pd.DataFrame, config: dict) -> list[dict]:
     train, val = [s.train for s, _, _ in sites.values()], [s.val for s, _, _ in sites.values()]
     pooled = Ridge(train).tuned(val)
     on_naive = Ridge(train, anchor="naive").tuned(val)
-    on_stat = Ridge(train, "given", [c["train"] for _, _, c in sites.values()]).tuned(
-        val, [c["val"] for _, _, c in sites.values()])
+    given = {k: [c[k] for _, _, c in sites.values()] for k in ("train", "val")}
+    on_stat = Ridge(train, "given", given["train"]).tuned(val, given["val"])
+    if covariates is not None:
+        extra = covariate_inputs(covariates, sites, pd.tseries.frequencies.to_offset(part.attrs["freq"]))
+        with_covariates = Ridge(train, "given", given["train"], [e["train"] for e in extra.values()]).tuned(
+            val, given["val"], [e["val"] for e in extra.values()])
     rows = []
     for name, (splits, choice, chosen) in sites.items():
         local = Ridge([splits.train]).tuned([splits.val])
@@ -150,6 +214,9 @@ def run_cutoff(part: pd.DataFrame, config: dict) -> list[dict]:
                  "pooled_ridge_on_naive": on_naive.predict(splits.test.x),
                  "pooled_ridge_on_stat": corrected["test"], "pooled_ridge_on_stat_if_better": if_better(corrected),
                  "combination": combo["test"], "combination_if_better": if_better(combo)}
+        if covariates is not None:
+            informed = {k: with_covariates.predict(getattr(splits, k).x, chosen[k], extra[name][k]) for k in ("val", "test")}
+            preds |= {COVARIATE_ARMS[0]: informed["test"], COVARIATE_ARMS[1]: if_better(informed)}
         base = mae(chosen["test"], splits.test)
         rows += [{"site": name, "arm": arm, "mae": mae(p, splits.test), "skill": 1 - mae(p, splits.test) / base,
                   "stat_choice": choice} for arm, p in preds.items()]
@@ -158,7 +225,7 @@ def run_cutoff(part: pd.DataFrame, config: dict) -> list[dict]:
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
     out = {}
-    for arm in ("stat_choice", *ARMS):
+    for arm in [a for a in ("stat_choice", *ARMS, *COVARIATE_ARMS) if any(r["arm"] == a for r in rows)]:
         skill = np.array([r["skill"] for r in rows if r["arm"] == arm])
         out[arm] = {"median_skill": float(np.median(skill)), "mean_skill": float(skill.mean()),
                     "share_better": float((skill > 0).mean()), "worst_skill": float(skill.min()), "n": len(skill)}
@@ -167,7 +234,7 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("--data", "--out"):
+    for name in ("--data", "--out", "--covariates"):
         parser.add_argument(name, default="")
     for name in ("--history", "--lookback", "--horizon", "--val-size", "--test-size", "--stride", "--spacing"):
         parser.add_argument(name, type=int)
@@ -185,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     started = time.monotonic()
     frame = read_sites(DataArgs(data_path=str(Path(args.data).resolve())))
+    covariates = read_covariates(args.covariates) if args.covariates else None
     config = frequency_defaults(seasons(frame.attrs["freq"]))
     chosen = {"lookback": args.lookback, "horizon": args.horizon, "val-size": args.val_size,
               "test-size": args.test_size, "stride": args.stride}
@@ -194,15 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for cutoff in cutoffs:
         part = window_slice(frame, cutoff, args.history, int(config["test-size"]))
-        rows += [{**r, "cutoff": str(cutoff)} for r in run_cutoff(part, config)]
+        rows += [{**r, "cutoff": str(cutoff)} for r in run_cutoff(part, config, covariates)]
         print(f"[{time.monotonic() - started:5.0f} s] cutoff {cutoff}: {part['site'].nunique()} sites", flush=True)
     summary = summarize(rows)
-    report = {"config": {"data": args.data, "history": args.history, "cutoffs": [str(c) for c in cutoffs], **config},
+    report = {"config": {"data": args.data, "covariates": args.covariates, "history": args.history, "cutoffs": [str(c) for c in cutoffs], **config},
               "per_site": rows, "summary": summary, "wall_seconds": time.monotonic() - started}
     write_json(Path(args.out) / "ceiling.json", report)
-    print("arm                     median   mean   better   worst   (skill vs stat_choice)")
+    print(f"{'arm':40}  median    mean  better    worst  (skill vs stat_choice)")
     for arm, s in summary.items():
-        print(f"{arm:22} {s['median_skill']:+7.1%} {s['mean_skill']:+7.1%} {s['share_better']:7.0%} "
+        print(f"{arm:40} {s['median_skill']:+7.1%} {s['mean_skill']:+7.1%} {s['share_better']:7.0%} "
               f"{s['worst_skill']:+8.1%}")
     return 0
 

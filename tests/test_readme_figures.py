@@ -3,6 +3,7 @@
 import gzip
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,14 @@ def test_ceiling_table_matches_its_reports():
             median, worst = _percents(cell.replace("(", "/").replace(")", ""))[:2]
             assert median == round(100 * reports[name][arm]["median_skill"], 1), (name, arm)
             assert worst == round(100 * reports[name][arm]["worst_skill"], 1), (name, arm)
+
+
+def test_covariates_paragraph_matches_its_report():
+    summary = json.loads((ROOT / "benchmarks" / "beijing" / "ceiling-covariates.json").read_text())["summary"]
+    text = (ROOT / "README.md").read_text()
+    paragraph = text[text.index("**Past weather and pollutants**"):].split("\n\n")[0]
+    after = paragraph[paragraph.index("`pooled_ridge_on_stat_covariates`"):]
+    figures = [float(f.replace("−", "-")) for f in re.findall(r"([−+]\d+\.\d) %", after)][:4]
+    plain, chosen = summary["pooled_ridge_on_stat_covariates"], summary["pooled_ridge_on_stat_covariates_if_better"]
+    assert figures == [round(100 * v, 1) for v in (plain["median_skill"], plain["worst_skill"],
+                                                   chosen["median_skill"], chosen["mean_skill"])]
