@@ -19,20 +19,24 @@ class DataError(ValueError):
     """Bad input; the message names the file, column or series."""
 
 
-def read_long(path, site_col: str | None = "site", freq: str | None = None) -> pd.DataFrame:
-    """Read a long-format CSV (.csv, .csv.gz) or Parquet (.parquet, .pq) file, then validate it."""
+def read_table(path, text_columns: tuple[str | None, ...] = ("unique_id",)) -> pd.DataFrame:
+    """Read a CSV (.csv, .csv.gz) or Parquet (.parquet, .pq) file as it is (text_columns as
+    strings in a CSV)."""
     path = Path(path)
     name = path.name.lower()
     if not name.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
         raise DataError(f"{path}: unsupported file type (use .csv, .csv.gz, .parquet or .pq)")
     try:
         if name.endswith((".parquet", ".pq")):
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, dtype={col: str for col in ("unique_id", site_col) if col})
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype={col: str for col in text_columns if col})
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {path}: {e}") from e
-    return validate(df, str(path), site_col, freq)
+
+
+def read_long(path, site_col: str | None = "site", freq: str | None = None) -> pd.DataFrame:
+    """Read a long-format CSV (.csv, .csv.gz) or Parquet (.parquet, .pq) file, then validate it."""
+    return validate(read_table(path, ("unique_id", site_col)), str(Path(path)), site_col, freq)
 
 
 def validate(df: pd.DataFrame, source: str, site_col: str | None = "site",

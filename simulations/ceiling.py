@@ -43,7 +43,7 @@ import pandas as pd
 from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import write_json
 from shared.config import DataArgs, frequency_defaults
-from shared.data import DataError, Splits, Windows, make_splits, regularize, season_length, seasons
+from shared.data import DataError, Splits, Windows, make_splits, read_table, regularize, season_length, seasons
 from shared.metrics import forecast_errors
 from shared.model import EPS
 from shared.sites import read_sites
@@ -135,11 +135,7 @@ def stat_choice(frame: pd.DataFrame, splits: Splits, horizon: int, lags: list[in
 def read_covariates(path: str) -> pd.DataFrame:
     """The numeric columns of a long-format covariates file, indexed by (unique_id, ds), each
     carried forward over gaps within its series."""
-    try:
-        raw = (pd.read_parquet(path) if path.lower().endswith((".parquet", ".pq"))
-               else pd.read_csv(path, dtype={"unique_id": str}))
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read covariates {path}: {e}") from e
+    raw = read_table(path)
     missing = sorted({"unique_id", "ds"} - set(raw.columns))
     if missing:
         raise DataError(f"covariates {path}: no column {', '.join(missing)}")
@@ -164,7 +160,8 @@ def read_covariates(path: str) -> pd.DataFrame:
 
 def covariate_inputs(table: pd.DataFrame, sites: dict, step) -> dict[str, dict[str, np.ndarray]]:
     """{site: {split: covariates at each window's last input time}}, standardised on the pooled
-    training windows; unknown values (before a series' first row) are the training mean."""
+    training windows; unknown values (no row at that time, or only missing values before it) are the
+    training mean."""
     known = set(table.index.get_level_values(0))
     values = {}
     for name, (splits, _, _) in sites.items():
