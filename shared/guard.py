@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+SIGN_TEST_P = 0.1  # the federated model's wins must be this unlikely if it were no better than alone
+MIN_WINDOWS = math.ceil(math.log2(1 / SIGN_TEST_P))  # 4: fewer windows cannot pass, even all won
 
-MIN_WINDOWS = 4  # judging windows the guard needs before it may serve the federated model
+
+def sign_test_p(wins: int, windows: int) -> float:
+    """One-sided sign test: the chance of at least `wins` wins in `windows` if each were a coin toss."""
+    return sum(math.comb(windows, k) for k in range(wins, windows + 1)) / 2**windows
 
 
 def judging_origins(val_size: int, horizon: int, stride: int) -> int:
@@ -36,26 +42,29 @@ class GuardDecision:
     val_mae_alone: float
     val_win_share: float  # share of validation windows where the federated forecast erred less
     windows: int
+    sign_p: float  # sign_test_p of those wins
     margin: float
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def decide(federated: np.ndarray, alone: np.ndarray, margin: float = 0.02, min_win_share: float = 0.5,
-           min_windows: int = MIN_WINDOWS) -> GuardDecision:
+def decide(federated: np.ndarray, alone: np.ndarray, margin: float = 0.02, max_p: float = SIGN_TEST_P) -> GuardDecision:
     """Serve the federated model only if, over the validation windows (per-window MAEs, aligned),
 
     - its mean MAE is at least `margin` below the alone option's (not a tie won by noise),
-    - it wins in at least `min_win_share` of the windows (not one lucky window carrying the mean),
-    - there are at least `min_windows` windows to judge from.
+    - it wins in so many windows that a model no better than alone would rarely do so (one-sided
+      sign test, p <= `max_p`; ties count as losses): one lucky window cannot carry the mean, and
+      2 or 3 wins of 4 are not enough (with 4 judging windows, all 4 must be won).
     Otherwise the site keeps the best it can do alone.
     """
     federated, alone = np.asarray(federated, float), np.asarray(alone, float)
     if federated.shape != alone.shape:
         raise ValueError(f"validation errors differ in shape: {federated.shape} vs {alone.shape}")
+    if not len(federated):
+        return GuardDecision("alone_best", math.nan, math.nan, 0.0, 0, 1.0, margin)
     fed_mae, alone_mae = float(federated.mean()), float(alone.mean())
-    win_share = float((federated < alone).mean()) if len(federated) else 0.0
-    better = fed_mae <= (1.0 - margin) * alone_mae and win_share >= min_win_share
-    serve = "federated" if better and len(federated) >= min_windows else "alone_best"
-    return GuardDecision(serve, fed_mae, alone_mae, win_share, len(federated), margin)
+    wins = int((federated < alone).sum())
+    p = sign_test_p(wins, len(federated))
+    serve = "federated" if fed_mae <= (1.0 - margin) * alone_mae and p <= max_p else "alone_best"
+    return GuardDecision(serve, fed_mae, alone_mae, wins / len(federated), len(federated), p, margin)

@@ -1,5 +1,7 @@
 """The negative-transfer guard decides on robust validation evidence only."""
 
+import math
+
 import pytest
 
 import numpy as np
@@ -7,7 +9,7 @@ import pandas as pd
 
 from client.site import divide
 from shared.data import make_splits, regularize, validate
-from shared.guard import MIN_WINDOWS, decide, evidence_warning, judging_origins
+from shared.guard import MIN_WINDOWS, decide, evidence_warning, judging_origins, sign_test_p
 
 
 def test_clearly_better_federated_is_served():
@@ -29,6 +31,27 @@ def test_one_lucky_window_does_not_carry_the_mean():
 
 def test_too_few_windows_keep_alone():
     assert decide([1.0, 1.0], [2.0, 2.0]).serve == "alone_best"
+    assert decide([1.0] * 3, [2.0] * 3).serve == "alone_best"  # all 3 won: p = 1/8 > 0.1
+
+
+@pytest.mark.parametrize("wins, windows, serve", [(4, 4, "federated"), (3, 4, "alone_best"), (2, 4, "alone_best"),
+                                                  (7, 8, "federated"), (6, 8, "alone_best"), (8, 10, "federated")])
+def test_the_wins_must_pass_a_sign_test(wins, windows, serve):
+    # each win by a wide margin, each loss by a little: the mean alone would always serve federated
+    federated = [1.0] * wins + [1.01] * (windows - wins)
+    d = decide(federated, [2.0] * wins + [1.0] * (windows - wins))
+    assert d.val_mae_federated < 0.9 * d.val_mae_alone
+    assert d.serve == serve and d.windows == windows and d.val_win_share == wins / windows
+    assert d.sign_p == pytest.approx(sum(math.comb(windows, k) for k in range(wins, windows + 1)) / 2**windows)
+
+
+def test_ties_count_as_losses():
+    assert decide([1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 1.0]).serve == "alone_best"
+
+
+def test_sign_test_p():
+    assert sign_test_p(4, 4) == 1 / 16 and sign_test_p(0, 5) == 1.0 and sign_test_p(3, 4) == 5 / 16
+    assert MIN_WINDOWS == 4
 
 
 def test_misaligned_errors_are_refused():
