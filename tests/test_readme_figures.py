@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from simulations.benchmark import PRESETS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -89,3 +91,32 @@ def test_covariates_paragraph_matches_its_report():
     plain, chosen = summary["pooled_ridge_on_stat_covariates"], summary["pooled_ridge_on_stat_covariates_if_better"]
     assert figures == [round(100 * v, 1) for v in (plain["median_skill"], plain["worst_skill"],
                                                    chosen["median_skill"], chosen["mean_skill"])]
+
+
+def _ceiling(name: str, history: int) -> dict:
+    """Summary of a committed ceiling report: the preset's history in ceiling.json, others in ceiling-history-H.json."""
+    folder = ROOT / "benchmarks" / name
+    preset = PRESETS[name]
+    stem = "ceiling" if history == int(preset[preset.index("--history") + 1]) else f"ceiling-history-{history}"
+    path = next(p for p in (folder / f"{stem}.json", folder / f"{stem}.json.gz") if p.exists())
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    report = json.loads(raw)
+    assert report["config"]["history"] == history, path
+    return report["summary"]
+
+
+def test_ceiling_history_table_matches_its_reports():
+    text = (ROOT / "README.md").read_text()
+    lines = text[text.index("**The same check with more history**"):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| data, history"))
+    arms = [cell.strip().strip("`") for cell in lines[start].strip("|").split("|")[1:]]
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]))
+    assert len(rows) >= 6
+    for line in rows:
+        label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        name = {"Beijing": "beijing", "NN5": "nn5"}[label.split(",")[0]]
+        summary = _ceiling(name, int(re.search(r"(\d+) (?:h|days)", label).group(1)))
+        for arm, cell in zip(arms, cells, strict=True):
+            median, mean = _percents(cell)
+            assert (median, mean) == (round(100 * summary[arm]["median_skill"], 1),
+                                      round(100 * summary[arm]["mean_skill"], 1)), (label, arm)
