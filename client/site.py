@@ -34,6 +34,8 @@ from shared.train import TrainArgs, anchor_head, body_update, fine_tune, linear_
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
 HEADS_KEPT = 4  # phases of head history kept in heads.pt
+# the guard's figures an evaluate reply carries (as "guard:<name>"), each a GuardDecision field
+GUARD_FIGURES = ("val-mae-federated", "val-mae-alone", "val-win-share", "windows", "sign-p")
 
 
 def round_seed(seed: int, site: str, server_round: int) -> int:
@@ -209,7 +211,7 @@ class Site:
                 "served": federated if decision.serve == "federated" else best}
         metrics = {"num-examples": len(splits.test), "filled-points": self.gaps.filled,
                    "guard:serve-federated": float(decision.serve == "federated"),
-                   "guard:val-win-share": decision.val_win_share}
+                   **{f"guard:{k}": getattr(decision, k.replace("-", "_")) for k in GUARD_FIGURES}}
         for arm, result in arms.items():
             metrics[f"{arm}:val-mae"] = result["val"]["mae"]
             metrics |= {f"{arm}:test-{k}": v for k, v in result["test"].items()}

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from client.site import Site, divide, model_scores, round_seed
+from client.site import GUARD_FIGURES, Site, divide, model_scores, round_seed
 from shared.checkpoint import write_json
 from shared.config import Settings, frequency_defaults, parse_overrides
 from shared.data import Splits, Windows, seasons
@@ -178,9 +178,8 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
                                 **{m: row[f"{name}:test-{m}"] for m in METRICS}})
             if arm == "federated":
                 guards.append({"site": row["site"], "serve": row["serve"], "alone_choice": row["alone-choice"],
-                               "val_mae_federated": row["federated:val-mae"],
-                               "val_mae_alone": row["alone_best:val-mae"],
-                               "val_win_share": row["guard:val-win-share"], "margin": settings.site.guard_margin})
+                               **{k.replace("-", "_"): row[f"guard:{k}"] for k in GUARD_FIGURES},
+                               "margin": settings.site.guard_margin})
     local = [a for a in IN_PROCESS_ARMS if a in arms]
     if local:
         t0 = time.monotonic()

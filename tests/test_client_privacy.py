@@ -8,6 +8,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from client.app import app as client_app
+from client.site import GUARD_FIGURES
 from shared import wire
 from shared.model import Forecaster
 from tests.conftest import TINY, encoder_content, flower_message
@@ -58,7 +59,11 @@ def test_evaluate_reply_carries_no_arrays(tiny_settings, tmp_path):
     assert len(reply.content.array_records) == 0
     assert set(reply.content.config_records["site"]) == {"name", "alone-choice", "serve"}
     assert reply.content.config_records["site"]["name"] == "site01"
-    assert all(isinstance(v, (int, float)) for v in reply.content.metric_records["metrics"].values())
+    metrics = reply.content.metric_records["metrics"]
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    # the guard's figures, as the site keeps them in its guard.json
+    kept = json.loads((tmp_path / "sites" / "site01" / "guard.json").read_text())
+    assert {k: metrics[f"guard:{k}"] for k in GUARD_FIGURES} == {k: kept[k.replace("-", "_")] for k in GUARD_FIGURES}
 
 
 def test_deployment_node_needs_a_state_folder(tiny_settings, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from client.site import Site, divide, round_seed
+from shared.guard import SIGN_TEST_P, sign_test_p
 from shared.model import Forecaster
 from shared.sites import read_sites
 from shared.synthetic import demo_sites
@@ -51,6 +52,11 @@ def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
         chosen = "federated" if g["serve"] == "federated" else "alone_best"
         assert by_key[(g["site"], g["cutoff"], "served")] == by_key[(g["site"], g["cutoff"], chosen)]
     assert len(report["guard"]) == 3 * 2
+    # each decision is the one its reported figures imply (margin and sign test)
+    for g in report["guard"]:
+        assert g["windows"] >= 1 and g["sign_p"] == sign_test_p(round(g["val_win_share"] * g["windows"]), g["windows"])
+        passes = g["val_mae_federated"] <= (1 - g["margin"]) * g["val_mae_alone"] and g["sign_p"] <= SIGN_TEST_P
+        assert g["serve"] == ("federated" if passes else "alone_best"), g
     # the DP arm spent its ε (noise calibrated for the rounds) and serves federated_dp or alone_best
     for work in (tmp_path / "report" / "work").iterdir():
         privacy = json.loads((work / "federated_dp_eps4" / "summary.json").read_text())["privacy"]
