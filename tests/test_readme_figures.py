@@ -120,3 +120,24 @@ def test_ceiling_history_table_matches_its_reports():
             median, mean = _percents(cell)
             assert (median, mean) == (round(100 * summary[arm]["median_skill"], 1),
                                       round(100 * summary[arm]["mean_skill"], 1)), (label, arm)
+
+
+def test_more_history_table_matches_its_reports():
+    text = (ROOT / "README.md").read_text()
+    lines = text[text.index("**The product with more history**"):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| report ("))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]))
+    assert len(rows) == 3
+    for line in rows:
+        label, federated, served, shares, worst, chosen = [cell.strip() for cell in line.strip("|").split("|")]
+        path = ROOT / "benchmarks" / (label.split("`")[1] + ".json")
+        raw = path.read_bytes() if path.exists() else gzip.decompress(path.with_suffix(".json.gz").read_bytes())
+        report = json.loads(raw)
+        summary = {s["arm"]: s for s in report["summary"]}
+        assert _percents(federated) == [round(100 * summary["federated"]["median_skill"], 1)], label
+        assert _percents(served) == [round(100 * summary["served"]["median_skill"], 1)], label
+        assert _percents(shares) == [round(100 * summary["served"]["share_better"]),
+                                     round(100 * summary["served"]["share_worse"])], label
+        assert _percents(worst) == [round(100 * summary["served"]["worst_skill"], 1)], label
+        served_federated = sum(g["serve"] == "federated" for g in report["guard"])
+        assert chosen == f"{served_federated} of {len(report['guard'])}", label
