@@ -32,6 +32,8 @@ def test_one_lucky_window_does_not_carry_the_mean():
 def test_too_few_windows_keep_alone():
     assert decide([1.0, 1.0], [2.0, 2.0]).serve == "alone_best"
     assert decide([1.0] * 3, [2.0] * 3).serve == "alone_best"  # all 3 won: p = 1/8 > 0.1
+    none = decide([], [])  # a site without judging windows
+    assert none.serve == "alone_best" and none.windows == 0 and none.sign_p == 1.0
 
 
 @pytest.mark.parametrize("wins, windows, serve", [(4, 4, "federated"), (3, 4, "alone_best"), (2, 4, "alone_best"),
