@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from shared.checkpoint import write_atomic, write_json
+from shared.guard import SIGN_TEST_P
 
 PER_SITE_COLUMNS = ["site", "arm", "history", "mae", "rmse", "mase", "smape", "skill_vs_alone", "gain_vs_local", "cutoffs"]
 KEY_ARMS = ["local_only", "pretrained_zero_shot", "pretrained_only", "fedavg_global", "federated",
@@ -34,7 +35,7 @@ LEGEND = {
     "federated_scratch": "as federated, but the encoder starts from random weights (no pretraining)",
     "pooled_oracle": "one model trained on every site's data pooled, then fine-tuned at each site: "
                      "violates privacy, a reference only",
-    "served": "what the guard serves the site: federated or its alone choice, decided on validation MAE",
+    "served": "what the guard serves the site: federated or its alone choice, decided on its judging validation windows",
 }
 _MPL = tuple(int(p) for p in _mpl_version.split(".")[:2])
 SKILL_FLOOR = -1.0  # plots show skills below -100 % at -100 %, so one bad baseline does not squash the rest
@@ -149,7 +150,8 @@ def _md_guard(guard: pd.DataFrame) -> list[str]:
         counts = [len(g), fed.sum(), (~fed).sum(), (share == 1).sum(), (share == 0).sum(), ((share > 0) & (share < 1)).sum()]
         rows.append([str(h)] + [str(int(n)) for n in counts] + [", ".join(f"{a} ({n})" for a, n in choices.items()) or "–"])
     return ["## Guard decisions", "",
-            "At each site and cutoff the guard serves federated or the site's alone choice, on validation MAE.", "",
+            "At each site and cutoff the guard serves federated or the site's alone choice, on its judging validation "
+            f"windows: federated only with a MAE at least the margin lower and wins that pass a sign test (p <= {SIGN_TEST_P}).", "",
             _table(["history", "decisions", "serve federated", "serve alone", "sites always federated",
                     "sites always alone", "sites mixed", "alone choices served"], rows), ""]
 
