@@ -177,8 +177,8 @@ def covariate_inputs(table: pd.DataFrame, sites: dict, step) -> dict[str, dict[s
     return {name: {k: np.nan_to_num((v - mean) / std) for k, v in parts.items()} for name, parts in values.items()}
 
 
-def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None = None) -> list[dict]:
-    """Rows {site, arm, mae, skill} of one cutoff's slice of the data."""
+def site_choices(part: pd.DataFrame, config: dict) -> dict[str, tuple[Splits, str, dict[str, np.ndarray]]]:
+    """{site: (splits, its stat_choice, that option's forecasts per split)} of one cutoff's slice."""
     lookback, horizon = int(config["lookback"]), int(config["horizon"])
     val_size, test_size = int(config["val-size"]), int(config["test-size"])
     lags = [lag for lag in map(int, str(config["lags"]).split()) if lag <= lookback]
@@ -189,6 +189,12 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
         frame, _ = regularize(rows)
         splits = make_splits(frame, lookback, horizon, val_size, test_size, stride=int(config["stride"]))
         sites[name] = (splits, *stat_choice(frame, splits, horizon, lags, val_size, test_size))
+    return sites
+
+
+def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None = None) -> list[dict]:
+    """Rows {site, arm, mae, skill} of one cutoff's slice of the data."""
+    sites = site_choices(part, config)
     train, val = [s.train for s, _, _ in sites.values()], [s.val for s, _, _ in sites.values()]
     pooled = Ridge(train).tuned(val)
     on_naive = Ridge(train, anchor="naive").tuned(val)
@@ -220,42 +226,59 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
     return rows
 
 
-def summarize(rows: list[dict]) -> dict[str, dict]:
+def summarize(rows: list[dict], arms: tuple[str, ...] = ARMS + COVARIATE_ARMS) -> dict[str, dict]:
+    """Per arm present in rows: median, mean, share better and worst of the skill against stat_choice."""
     out = {}
-    for arm in [a for a in ("stat_choice", *ARMS, *COVARIATE_ARMS) if any(r["arm"] == a for r in rows)]:
+    for arm in [a for a in ("stat_choice", *arms) if any(r["arm"] == a for r in rows)]:
         skill = np.array([r["skill"] for r in rows if r["arm"] == arm])
         out[arm] = {"median_skill": float(np.median(skill)), "mean_skill": float(skill.mean()),
                     "share_better": float((skill > 0).mean()), "worst_skill": float(skill.min()), "n": len(skill)}
     return out
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def print_summary(summary: dict[str, dict]) -> None:
+    print(f"{'arm':40}  median    mean  better    worst  (skill vs stat_choice)")
+    for arm, s in summary.items():
+        print(f"{arm:40} {s['median_skill']:+7.1%} {s['mean_skill']:+7.1%} {s['share_better']:7.0%} "
+              f"{s['worst_skill']:+8.1%}")
+
+
+def parse(argv: list[str], prefix: str = "ceiling", doc: str = __doc__) -> argparse.Namespace:
+    """The options of a check on a preset (its report in runs/<prefix>-<name>) or on --data."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("--data", "--out", "--covariates"):
         parser.add_argument(name, default="")
     for name in ("--history", "--lookback", "--horizon", "--val-size", "--test-size", "--stride", "--spacing"):
         parser.add_argument(name, type=int)
     parser.add_argument("--cutoffs", type=int, default=3)
-    parser.add_argument("--rounds", "--set", action="append", help="read from a preset; no effect here")
+    parser.add_argument("--rounds", help="read from a preset; no effect here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config keys (model "
+                        "and training settings of the checks that train our model)")
     if argv and argv[0] in PRESETS:
-        argv = PRESETS[argv[0]] + ["--out", f"runs/ceiling-{argv[0]}"] + argv[1:]
+        argv = PRESETS[argv[0]] + ["--out", f"runs/{prefix}-{argv[0]}"] + argv[1:]
     args = parser.parse_args(argv)
     if not (args.data and args.out and args.history):
         parser.error("give a preset (beijing, nn5) or --data, --out and --history")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(list(sys.argv[1:] if argv is None else argv))
-    started = time.monotonic()
+def plan(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, list[pd.Timestamp]]:
+    """(sites' data, window settings with the frequency's defaults, cutoffs) of parsed options."""
     frame = read_sites(DataArgs(data_path=str(Path(args.data).resolve())))
-    covariates = read_covariates(args.covariates) if args.covariates else None
     config = frequency_defaults(seasons(frame.attrs["freq"]))
     chosen = {"lookback": args.lookback, "horizon": args.horizon, "val-size": args.val_size,
               "test-size": args.test_size, "stride": args.stride}
     config |= {k: v for k, v in chosen.items() if v is not None}
     cutoffs = cutoff_times(frame, args.history, int(config["test-size"]), args.cutoffs,
                            args.spacing or int(config["test-size"]))
+    return frame, config, cutoffs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(list(sys.argv[1:] if argv is None else argv))
+    started = time.monotonic()
+    covariates = read_covariates(args.covariates) if args.covariates else None
+    frame, config, cutoffs = plan(args)
     rows = []
     for cutoff in cutoffs:
         part = window_slice(frame, cutoff, args.history, int(config["test-size"]))
@@ -265,10 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"config": {"data": args.data, "covariates": args.covariates, "history": args.history, "cutoffs": [str(c) for c in cutoffs], **config},
               "per_site": rows, "summary": summary, "wall_seconds": time.monotonic() - started}
     write_json(Path(args.out) / "ceiling.json", report)
-    print(f"{'arm':40}  median    mean  better    worst  (skill vs stat_choice)")
-    for arm, s in summary.items():
-        print(f"{arm:40} {s['median_skill']:+7.1%} {s['mean_skill']:+7.1%} {s['share_better']:7.0%} "
-              f"{s['worst_skill']:+8.1%}")
+    print_summary(summary)
     return 0
 
 
