@@ -141,3 +141,22 @@ def test_more_history_table_matches_its_reports():
         assert _percents(worst) == [round(100 * summary["served"]["worst_skill"], 1)], label
         served_federated = sum(g["serve"] == "federated" for g in report["guard"])
         assert chosen == f"{served_federated} of {len(report['guard'])}", label
+
+
+def test_stat_anchor_table_matches_its_reports():
+    text = (ROOT / "README.md").read_text()
+    lines = text[text.index("**A head that starts from the statistical forecast**"):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| report ("))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]))
+    assert len(rows) == 4
+    for line in rows:
+        label, simple, stat, served, worst, chosen = [cell.strip() for cell in line.strip("|").split("|")]
+        path = ROOT / "benchmarks" / (label.split("`")[1] + ".json")
+        raw = path.read_bytes() if path.exists() else gzip.decompress(path.with_suffix(".json.gz").read_bytes())
+        report = json.loads(raw)
+        by_site = report["summary_by_site"]
+        for arm, cell in (("pretrained_on_simple", simple), ("pretrained_on_stat", stat), ("served_on_stat", served)):
+            assert _percents(cell) == [round(100 * by_site[arm]["median_skill"], 1)], (label, arm)
+        assert _percents(worst) == [round(100 * by_site["served_on_stat"]["worst_skill"], 1)], label
+        rows_served = [r for r in report["per_site"] if r["arm"] == "served_on_stat"]
+        assert chosen == f"{sum(r['serve'] == 'federated' for r in rows_served)} of {len(rows_served)}", label
