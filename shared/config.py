@@ -145,6 +145,18 @@ class Settings:
             privacy=read_args(PrivacyArgs, config),
         )
 
+    @classmethod
+    def checked(cls, config: Mapping[str, Any]) -> Settings:
+        """`from_config`, refusing keys no setting reads: a typo would otherwise be ignored here and
+        fail inside Flower (whose run config takes only the App's keys)."""
+        known = {_kebab(f.name) for c in (ModelArgs, TrainArgs, DataArgs, FederationArgs, SiteArgs, PrivacyArgs)
+                 for f in fields(c)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown run-config key{'s' * (len(unknown) > 1)} {', '.join(unknown)} (the keys are "
+                             "those of [tool.flwr.app.config] in pyproject.toml, listed in the README)")
+        return cls.from_config(config)
+
 
 def frequency_defaults(seasons: list[int]) -> dict[str, Any]:
     """Window and model settings that suit data with these natural seasons (shortest first).

@@ -108,8 +108,11 @@ def site_rows(name: str, splits: Splits, choice: str, given: dict[str, np.ndarra
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv), prefix="anchored", doc=__doc__)
     started = time.monotonic()
-    frame, config, cutoffs = plan(args)
-    settings = Settings.from_config({**config, "cache-dir": str(APP_DIR / ".cache"), **parse_overrides(args.set)})
+    try:
+        frame, config, cutoffs = plan(args)
+        settings = Settings.checked({**config, "cache-dir": str(APP_DIR / ".cache"), **parse_overrides(args.set)})
+    except ValueError as exc:  # bad data (DataError) or run config: the message names the file, key or series
+        raise SystemExit(f"error: {exc}") from None
     torch.set_num_threads(1)
     pretrained, _ = initial_model(settings)
     rows = []

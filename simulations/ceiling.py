@@ -278,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     started = time.monotonic()
     covariates = read_covariates(args.covariates) if args.covariates else None
-    frame, config, cutoffs = plan(args)
+    try:
+        frame, config, cutoffs = plan(args)
+    except ValueError as exc:  # bad data (DataError): the message names the file, column or series
+        raise SystemExit(f"error: {exc}") from None
     rows = []
     for cutoff in cutoffs:
         part = window_slice(frame, cutoff, args.history, int(config["test-size"]))

@@ -254,6 +254,23 @@ def write_all(args, out: Path, freq: str, histories: list[int], spacing: int, ar
     return summary
 
 
+def read_setup(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, dict]:
+    """(sites' data, the frequency's defaults, the run config of every arm) of the command's options."""
+    base = {"data-path": str(Path(args.data).resolve()) if args.data else "", "site-column": args.site_column}
+    frame = read_sites(Settings.from_config(base).data)
+    if args.max_sites:
+        keep = sorted(frame["site"].unique())[: args.max_sites]
+        frame = _with_attrs(frame[frame["site"].isin(keep)].reset_index(drop=True), frame.attrs)
+    defaults = frequency_defaults(seasons(frame.attrs["freq"]))
+    chosen = {"lookback": args.lookback, "horizon": args.horizon, "val-size": args.val_size,
+              "test-size": args.test_size, "stride": args.stride}
+    config = {**defaults, **{k: v for k, v in chosen.items() if v is not None}}
+    config |= {"num-server-rounds": args.rounds, "seed": args.seed, "cache-dir": str(APP_DIR / ".cache"),
+               "site-column": "site", "min-train-nodes": frame["site"].nunique()} | parse_overrides(args.set)
+    Settings.checked(config)
+    return frame, defaults, config
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="", help="long-format CSV/Parquet (default: built-in demo sites)")
@@ -286,18 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise SystemExit(f"{out} is not empty (add --resume to continue an earlier run there)")
 
-    base = {"data-path": str(Path(args.data).resolve()) if args.data else "", "site-column": args.site_column}
-    frame = read_sites(Settings.from_config(base).data)
-    if args.max_sites:
-        keep = sorted(frame["site"].unique())[: args.max_sites]
-        frame = _with_attrs(frame[frame["site"].isin(keep)].reset_index(drop=True), frame.attrs)
+    try:
+        frame, defaults, config = read_setup(args)
+    except ValueError as exc:  # bad data (DataError) or run config: the message names the file, key or series
+        raise SystemExit(f"error: {exc}") from None
     freq = frame.attrs["freq"]
-    defaults = frequency_defaults(seasons(freq))
-    chosen = {"lookback": args.lookback, "horizon": args.horizon, "val-size": args.val_size,
-              "test-size": args.test_size, "stride": args.stride}
-    config = {**defaults, **{k: v for k, v in chosen.items() if v is not None}}
-    config |= {"num-server-rounds": args.rounds, "seed": args.seed, "cache-dir": str(APP_DIR / ".cache"),
-               "site-column": "site", "min-train-nodes": frame["site"].nunique()} | parse_overrides(args.set)
     histories = [int(h) for h in args.history.split(",")] if args.history else \
         [int(config["lookback"]) + 4 * int(config["val-size"])]
     spacing = args.spacing or int(config["test-size"])

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.config import DataArgs, frequency_defaults, parse_overrides, read_args
+from shared.config import DataArgs, Settings, frequency_defaults, parse_overrides, read_args
 from shared.data import seasons
 from shared.sites import read_sites
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, print_summary, run_app
@@ -30,6 +30,7 @@ def plan(data_path: str, site_column: str, overrides: dict[str, str]) -> tuple[d
     freq = frame.attrs["freq"]
     defaults = frequency_defaults(seasons(freq))
     run_config |= defaults | overrides
+    Settings.checked(run_config)
     print(f"data: {data_path or 'built-in demo sites'}; frequency {freq}; "
           f"{frame['site'].nunique()} sites, {frame['unique_id'].nunique()} series")
     print("window settings: " + ", ".join(f"{k}={run_config[k]}" for k in defaults))
@@ -49,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or APP_DIR / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty: choose another --out (a site's state there would be reused)")
-    run_config, sites = plan(args.data, args.site_column, parse_overrides(args.set))
+    try:
+        run_config, sites = plan(args.data, args.site_column, parse_overrides(args.set))
+    except ValueError as exc:  # bad data (DataError) or run config: the message names the file, key or series
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     run_config.setdefault("cache-dir", str(APP_DIR / ".cache"))
     run_config["out-dir"] = str(out)
     run_config.setdefault("min-train-nodes", len(sites))  # every site takes part in every round

@@ -116,3 +116,11 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_checked_settings_refuse_unknown_keys_and_read_known_ones():
+    from shared.config import Settings
+
+    with pytest.raises(ValueError, match="unknown run-config key lookbak"):
+        Settings.checked({"lookbak": 24})
+    assert Settings.checked({"lookback": "48", "patch-len": 12, "lags": "1 24"}).model.lookback == 48

@@ -92,3 +92,9 @@ def test_in_process_arms_do_not_depend_on_how_many_workers_run_them(tiny_setting
     here = _tune_and_score(fresh_head(pretrained, fit.train).state_dict(), args, fit, site.splits(args),
                            replace(train, seed=round_seed(train.seed, site.name, -1)))
     assert one["pretrained_only"][site.name] == here
+
+
+def test_compare_refuses_an_unknown_run_config_key_before_any_arm_runs(tmp_path):
+    with pytest.raises(SystemExit, match="error: unknown run-config keys guard-margn, lookbak"):
+        main(["--out", str(tmp_path / "out"), "--set", "lookbak=24", "--set", "guard-margn=0.1"])
+    assert not (tmp_path / "out").exists()

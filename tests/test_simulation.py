@@ -57,3 +57,18 @@ def test_simulation_writes_per_site_results_and_repeats_exactly(tmp_path, capsys
     # nothing the runs started is still running
     assert _left_behind(tmp_path / "a" / "flower" / "flwr-home") == []
     assert _left_behind(tmp_path / "b" / "flower" / "flwr-home") == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "missing.csv"], "cannot read .*missing.csv"),
+    (["--set", "lookbak=24"], "unknown run-config key lookbak"),
+    (["--set", "lookback=abc"], "config key 'lookback': cannot read 'abc' as int"),
+])
+def test_bad_data_or_run_config_ends_the_main_job_with_one_line_before_flower_starts(tmp_path, capsys, argv, message):
+    import re
+
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
+    assert not out.exists()  # nothing started
