@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
 
-    settings = Settings.from_config(parse_overrides(args.set))
+    try:
+        settings = Settings.checked(parse_overrides(args.set))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     fed = settings.federation
     torch.set_num_threads(args.threads)
     started = time.monotonic()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from client.supernode import DEFAULT_POLL
 from server.credentials import generate
-from shared.config import DataArgs, frequency_defaults, parse_overrides, read_args
+from shared.config import DataArgs, Settings, frequency_defaults, parse_overrides, read_args
 from shared.data import seasons
 from shared.sites import read_sites
 from simulations.runner import (APP_DIR, QUIET_ENV, RunError, exit_on_sigterm, flwr_run, free_port, print_summary,
@@ -205,15 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--resume: {out} holds no pilot to continue")
     if not args.resume and out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty: choose another --out, or add --resume to continue the pilot there")
-    overrides = parse_overrides(args.set)
-    data = read_args(DataArgs, {"data-path": str(Path(args.data).resolve()) if args.data else "",
-                                "site-column": args.site_column, "demo-sites": args.sites} | overrides)
-    frame = read_sites(data)
-    freq = frame.attrs["freq"]
+    try:  # bad data (DataError) or run config: one line naming the file, key or series, before anything starts
+        overrides = parse_overrides(args.set)
+        data = read_args(DataArgs, {"data-path": str(Path(args.data).resolve()) if args.data else "",
+                                    "site-column": args.site_column, "demo-sites": args.sites} | overrides)
+        frame = read_sites(data)
+        freq = frame.attrs["freq"]
+        run_config = {**frequency_defaults(seasons(freq)), **overrides, "out-dir": str(out / "server"),
+                      "cache-dir": str(APP_DIR / ".cache"), "min-train-nodes": frame["site"].nunique(),
+                      "sign-key": str(out / "credentials" / "coordinator" / "signing.key"), "resume": args.resume}
+        Settings.checked(run_config)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     sites = slice_sites(frame, out / "data")
-    run_config = {**frequency_defaults(seasons(freq)), **overrides, "out-dir": str(out / "server"),
-                  "cache-dir": str(APP_DIR / ".cache"), "min-train-nodes": len(sites),
-                  "sign-key": str(out / "credentials" / "coordinator" / "signing.key"), "resume": args.resume}
     print(f"pilot in {out}: {len(sites)} sites ({', '.join(sites)}), frequency {freq}", flush=True)
 
     started = time.monotonic()

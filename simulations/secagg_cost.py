@@ -21,7 +21,7 @@ from flwr.app import Context, RecordDict
 
 from server.app import main as server_main
 from shared.checkpoint import write_json
-from shared.config import parse_overrides
+from shared.config import Settings, parse_overrides
 from simulations.local import LocalGrid
 from simulations.runner import APP_DIR
 
@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or APP_DIR / "runs" / time.strftime("secagg-cost-%Y%m%d-%H%M%S")).resolve()
     base = {"demo-sites": args.sites, "num-server-rounds": args.rounds, "min-train-nodes": args.sites,
             "stat-models": "", "cache-dir": str(APP_DIR / ".cache"), **parse_overrides(args.set)}
+    try:
+        Settings.checked(base)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     report = {"command": "python -m simulations.secagg_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
               "sites": args.sites, "rounds": args.rounds}
     for name, secagg in (("plain", False), ("secagg", True)):

@@ -169,3 +169,14 @@ def test_a_pilot_stopped_mid_run_resumes_after_a_full_restart(tmp_path):
     final = torch.load(out / "server" / "server_state.pt", weights_only=True)
     assert final["round"] == 3 and final["run_key"] == first["run_key"]
     assert not _own_processes(out)
+
+
+@pytest.mark.parametrize("command", ["simulations.pilot", "server.pretrain", "simulations.secagg_cost"])
+def test_commands_refuse_an_unknown_run_config_key_before_starting_anything(tmp_path, command):
+    import importlib
+
+    main = importlib.import_module(command).main
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="error: unknown run-config key lookbak"):
+        main(["--out", str(out), "--set", "lookbak=24"])
+    assert not out.exists()
