@@ -136,26 +136,22 @@ class Settings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
-        return cls(
-            model=read_args(ModelArgs, config),
-            train=read_args(TrainArgs, config),
-            data=read_args(DataArgs, config),
-            federation=read_args(FederationArgs, config),
-            site=read_args(SiteArgs, config),
-            privacy=read_args(PrivacyArgs, config),
-        )
+        return cls(**{name: read_args(part, config) for name, part in SECTIONS.items()})
 
     @classmethod
     def checked(cls, config: Mapping[str, Any]) -> Settings:
         """`from_config`, refusing keys no setting reads: a typo would otherwise be ignored here and
         fail inside Flower (whose run config takes only the App's keys)."""
-        known = {_kebab(f.name) for c in (ModelArgs, TrainArgs, DataArgs, FederationArgs, SiteArgs, PrivacyArgs)
-                 for f in fields(c)}
+        known = {_kebab(f.name) for part in SECTIONS.values() for f in fields(part)}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"unknown run-config key{'s' * (len(unknown) > 1)} {', '.join(unknown)} (the keys are "
                              "those of [tool.flwr.app.config] in pyproject.toml, listed in the README)")
         return cls.from_config(config)
+
+
+SECTIONS = {"model": ModelArgs, "train": TrainArgs, "data": DataArgs, "federation": FederationArgs, "site": SiteArgs,
+            "privacy": PrivacyArgs}  # Settings field -> the dataclass read into it
 
 
 def frequency_defaults(seasons: list[int]) -> dict[str, Any]:

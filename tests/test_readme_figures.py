@@ -122,17 +122,25 @@ def test_ceiling_history_table_matches_its_reports():
                                       round(100 * summary[arm]["mean_skill"], 1)), (label, arm)
 
 
-def test_more_history_table_matches_its_reports():
+def _report_rows(marker: str) -> list[tuple[list[str], dict]]:
+    """(cells, report) of each row of the "| report (" table after `marker`; the first cell names the
+    committed report, `benchmarks/<name>` + .json or .json.gz."""
     text = (ROOT / "README.md").read_text()
-    lines = text[text.index("**The product with more history**"):].splitlines()
+    lines = text[text.index(marker):].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| report ("))
-    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]))
-    assert len(rows) == 3
-    for line in rows:
-        label, federated, served, shares, worst, chosen = [cell.strip() for cell in line.strip("|").split("|")]
-        path = ROOT / "benchmarks" / (label.split("`")[1] + ".json")
+    rows = []
+    for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        path = ROOT / "benchmarks" / (cells[0].split("`")[1] + ".json")
         raw = path.read_bytes() if path.exists() else gzip.decompress(path.with_suffix(".json.gz").read_bytes())
-        report = json.loads(raw)
+        rows.append((cells, json.loads(raw)))
+    return rows
+
+
+def test_more_history_table_matches_its_reports():
+    rows = _report_rows("**The product with more history**")
+    assert len(rows) == 3
+    for (label, federated, served, shares, worst, chosen), report in rows:
         summary = {s["arm"]: s for s in report["summary"]}
         assert _percents(federated) == [round(100 * summary["federated"]["median_skill"], 1)], label
         assert _percents(served) == [round(100 * summary["served"]["median_skill"], 1)], label
@@ -144,16 +152,9 @@ def test_more_history_table_matches_its_reports():
 
 
 def test_stat_anchor_table_matches_its_reports():
-    text = (ROOT / "README.md").read_text()
-    lines = text[text.index("**A head that starts from the statistical forecast**"):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| report ("))
-    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]))
+    rows = _report_rows("**A head that starts from the statistical forecast**")
     assert len(rows) == 4
-    for line in rows:
-        label, simple, stat, served, worst, chosen = [cell.strip() for cell in line.strip("|").split("|")]
-        path = ROOT / "benchmarks" / (label.split("`")[1] + ".json")
-        raw = path.read_bytes() if path.exists() else gzip.decompress(path.with_suffix(".json.gz").read_bytes())
-        report = json.loads(raw)
+    for (label, simple, stat, served, worst, chosen), report in rows:
         by_site = report["summary_by_site"]
         for arm, cell in (("pretrained_on_simple", simple), ("pretrained_on_stat", stat), ("served_on_stat", served)):
             assert _percents(cell) == [round(100 * by_site[arm]["median_skill"], 1)], (label, arm)
