@@ -4,6 +4,9 @@
     python -m simulations.ceiling --data FILE --history H ... # the compare options it reads
     python -m simulations.ceiling beijing --covariates ../shared/data/beijing_air/pm25_hourly_with_covariates.parquet \
         --out runs/ceiling-beijing-covariates                # with past weather and pollutants
+    python -m simulations.ceiling beijing --covariates ... --known-ahead TEMP,PRES,DEWP,RAIN,WSPM \
+        --out runs/ceiling-beijing-known-ahead               # and a perfect forecast of the weather
+    python -m simulations.ceiling nn5 --calendar             # with the calendar, known ahead
 
 A check on the comparison's targets, not an arm: if a model fitted on all sites' pooled windows
 (what no site may do) cannot beat a site's best simple or statistical option, a federated model
@@ -25,7 +28,14 @@ seasonal naive and the statistical models on validation: `alone_best` without lo
 - with `--covariates FILE` (long format, `unique_id, ds` and numeric columns, e.g. weather):
   `pooled_ridge_on_stat_covariates`, `pooled_ridge_on_stat` with every numeric column's value at
   the window's last input time as more inputs (standardised on the pooled training windows, carried
-  forward over gaps; nothing of the horizon is known), and its `_if_better`.
+  forward over gaps; nothing of the horizon is known), and its `_if_better`;
+- with `--known-ahead COLUMNS` too (comma-separated covariate columns, e.g. the weather's):
+  `pooled_ridge_on_stat_known_ahead`, `pooled_ridge_on_stat` with those columns' values at the
+  last input time and their actual values at every step of the horizon as more inputs, and its
+  `_if_better`. An oracle: a perfect forecast of those columns, an upper bound on what a site's
+  weather forecasts could add through this model, not something a site has.
+- with `--calendar`: calendar columns (day of week, day of month, hour of day below a day), known
+  ahead at any time and so no oracle, join the covariates and the known-ahead columns.
 
 Writes DIR/ceiling.json (per site and cutoff, and a summary per arm) and prints the summary.
 """
@@ -55,6 +65,7 @@ PENALTIES = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 ARMS = ("pooled_ridge", "local_ridge", "pooled_ridge_on_naive", "pooled_ridge_on_stat", "pooled_ridge_on_stat_if_better",
         "combination", "combination_if_better")
 COVARIATE_ARMS = ("pooled_ridge_on_stat_covariates", "pooled_ridge_on_stat_covariates_if_better")
+KNOWN_AHEAD_ARMS = ("pooled_ridge_on_stat_known_ahead", "pooled_ridge_on_stat_known_ahead_if_better")
 
 
 def design(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,19 +169,39 @@ def read_covariates(path: str) -> pd.DataFrame:
     return raw.set_index(["unique_id", "ds"])[columns]
 
 
-def covariate_inputs(table: pd.DataFrame, sites: dict, step) -> dict[str, dict[str, np.ndarray]]:
-    """{site: {split: covariates at each window's last input time}}, standardised on the pooled
-    training windows; unknown values (no row at that time, or only missing values before it) are the
-    training mean."""
+def calendar(frame: pd.DataFrame) -> pd.DataFrame:
+    """Calendar columns per (unique_id, ds) over each series' span at the data's frequency: day of
+    week (one column per day), day of month (two harmonics, days to the month's end, its first and
+    last three days) and, below a day, hour of day (two harmonics)."""
+    spans = frame.groupby("unique_id")["ds"].agg(["min", "max"])
+    index = pd.MultiIndex.from_tuples([(uid, ds) for uid, (lo, hi) in spans.iterrows()
+                                       for ds in pd.date_range(lo, hi, freq=frame.attrs["freq"])], names=["unique_id", "ds"])
+    ds = index.get_level_values("ds")
+    day, days = ds.day.to_numpy(), ds.days_in_month.to_numpy()
+    columns = {f"weekday_{k}": (ds.dayofweek == k).astype(float) for k in range(7)}
+    for h in (1, 2):
+        columns |= {f"month_sin{h}": np.sin(2 * np.pi * h * (day - 1) / days), f"month_cos{h}": np.cos(2 * np.pi * h * (day - 1) / days)}
+    columns |= {"to_month_end": (days - day) / 30, "month_first3": (day <= 3) * 1.0, "month_last3": (days - day < 3) * 1.0}
+    if pd.tseries.frequencies.to_offset(frame.attrs["freq"]).nanos < pd.Timedelta(days=1).value:
+        hour = ds.hour.to_numpy() + ds.minute.to_numpy() / 60
+        for h in (1, 2):
+            columns |= {f"hour_sin{h}": np.sin(2 * np.pi * h * hour / 24), f"hour_cos{h}": np.cos(2 * np.pi * h * hour / 24)}
+    return pd.DataFrame(columns, index=index)
+
+
+def covariate_inputs(table: pd.DataFrame, sites: dict, step, offsets=(-1,)) -> dict[str, dict[str, np.ndarray]]:
+    """{site: {split: covariates at each window's origin + offset steps, for each offset}} (the
+    default: the last input time), each standardised on the pooled training windows; unknown values
+    (no row at that time, or only missing values before it) are the training mean."""
     known = set(table.index.get_level_values(0))
     values = {}
     for name, (splits, _, _) in sites.items():
         absent = sorted(set(splits.train.series) - known)
         if absent:
             raise DataError(f"covariates: no rows for series {absent[0]} (site {name})")
-        values[name] = {k: table.reindex(pd.MultiIndex.from_arrays(
-            [getattr(splits, k).series.astype(str), pd.DatetimeIndex(getattr(splits, k).origin) - step])).to_numpy(float)
-            for k in ("train", "val", "test")}
+        values[name] = {k: np.hstack([table.reindex(pd.MultiIndex.from_arrays(
+            [getattr(splits, k).series.astype(str), pd.DatetimeIndex(getattr(splits, k).origin) + offset * step]))
+            .to_numpy(float) for offset in offsets]) for k in ("train", "val", "test")}
     pooled = np.vstack([v["train"] for v in values.values()])
     mean, std = np.nanmean(pooled, 0), np.nanstd(pooled, 0)
     std = np.where(std > 0, std, 1.0)
@@ -192,7 +223,8 @@ def site_choices(part: pd.DataFrame, config: dict) -> dict[str, tuple[Splits, st
     return sites
 
 
-def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None = None) -> list[dict]:
+def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None = None,
+               known_ahead: list[str] | None = None) -> list[dict]:
     """Rows {site, arm, mae, skill} of one cutoff's slice of the data."""
     sites = site_choices(part, config)
     train, val = [s.train for s, _, _ in sites.values()], [s.val for s, _, _ in sites.values()]
@@ -201,9 +233,14 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
     given = {k: [c[k] for _, _, c in sites.values()] for k in ("train", "val")}
     on_stat = Ridge(train, "given", given["train"]).tuned(val, given["val"])
     if covariates is not None:
-        extra = covariate_inputs(covariates, sites, pd.tseries.frequencies.to_offset(part.attrs["freq"]))
+        step = pd.tseries.frequencies.to_offset(part.attrs["freq"])
+        extra = covariate_inputs(covariates, sites, step)
         with_covariates = Ridge(train, "given", given["train"], [e["train"] for e in extra.values()]).tuned(
             val, given["val"], [e["val"] for e in extra.values()])
+    if known_ahead:
+        ahead = covariate_inputs(covariates[known_ahead], sites, step, range(-1, int(config["horizon"])))
+        with_ahead = Ridge(train, "given", given["train"], [e["train"] for e in ahead.values()]).tuned(
+            val, given["val"], [e["val"] for e in ahead.values()])
     rows = []
     for name, (splits, choice, chosen) in sites.items():
         local = Ridge([splits.train]).tuned([splits.val])
@@ -220,13 +257,16 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
         if covariates is not None:
             informed = {k: with_covariates.predict(getattr(splits, k).x, chosen[k], extra[name][k]) for k in ("val", "test")}
             preds |= {COVARIATE_ARMS[0]: informed["test"], COVARIATE_ARMS[1]: if_better(informed)}
+        if known_ahead:
+            told = {k: with_ahead.predict(getattr(splits, k).x, chosen[k], ahead[name][k]) for k in ("val", "test")}
+            preds |= {KNOWN_AHEAD_ARMS[0]: told["test"], KNOWN_AHEAD_ARMS[1]: if_better(told)}
         base = mae(chosen["test"], splits.test)
         rows += [{"site": name, "arm": arm, "mae": mae(p, splits.test), "skill": 1 - mae(p, splits.test) / base,
                   "stat_choice": choice} for arm, p in preds.items()]
     return rows
 
 
-def summarize(rows: list[dict], arms: tuple[str, ...] = ARMS + COVARIATE_ARMS) -> dict[str, dict]:
+def summarize(rows: list[dict], arms: tuple[str, ...] = ARMS + COVARIATE_ARMS + KNOWN_AHEAD_ARMS) -> dict[str, dict]:
     """Per arm present in rows: median, mean, share better and worst of the skill against stat_choice."""
     out = {}
     for arm in [a for a in ("stat_choice", *arms) if any(r["arm"] == a for r in rows)]:
@@ -248,6 +288,9 @@ def parse(argv: list[str], prefix: str = "ceiling", doc: str = __doc__) -> argpa
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("--data", "--out", "--covariates"):
         parser.add_argument(name, default="")
+    parser.add_argument("--known-ahead", default="", metavar="COLUMNS",
+                        help="covariate columns whose actual values over the horizon are given (an oracle)")
+    parser.add_argument("--calendar", action="store_true", help="calendar columns as covariates known ahead")
     for name in ("--history", "--lookback", "--horizon", "--val-size", "--test-size", "--stride", "--spacing"):
         parser.add_argument(name, type=int)
     parser.add_argument("--cutoffs", type=int, default=3)
@@ -277,18 +320,28 @@ def plan(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, list[pd.Timestam
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     started = time.monotonic()
+    known_ahead = [c.strip() for c in args.known_ahead.split(",") if c.strip()]
+    if known_ahead and not args.covariates:
+        raise SystemExit("error: --known-ahead needs --covariates")
     covariates = read_covariates(args.covariates) if args.covariates else None
+    unknown = [c for c in known_ahead if c not in covariates.columns] if known_ahead else []
+    if unknown:
+        raise SystemExit(f"error: --known-ahead: {args.covariates} has no numeric column {', '.join(unknown)}")
     try:
         frame, config, cutoffs = plan(args)
     except ValueError as exc:  # bad data (DataError): the message names the file, column or series
         raise SystemExit(f"error: {exc}") from None
+    if args.calendar:
+        days = calendar(frame)
+        covariates = days if covariates is None else covariates.join(days, how="outer")
+        known_ahead += list(days.columns)
     rows = []
     for cutoff in cutoffs:
         part = window_slice(frame, cutoff, args.history, int(config["test-size"]))
-        rows += [{**r, "cutoff": str(cutoff)} for r in run_cutoff(part, config, covariates)]
+        rows += [{**r, "cutoff": str(cutoff)} for r in run_cutoff(part, config, covariates, known_ahead)]
         print(f"[{time.monotonic() - started:5.0f} s] cutoff {cutoff}: {part['site'].nunique()} sites", flush=True)
     summary = summarize(rows)
-    report = {"config": {"data": args.data, "covariates": args.covariates, "history": args.history, "cutoffs": [str(c) for c in cutoffs], **config},
+    report = {"config": {"data": args.data, "covariates": args.covariates, "known_ahead": known_ahead, "calendar": args.calendar, "history": args.history, "cutoffs": [str(c) for c in cutoffs], **config},
               "per_site": rows, "summary": summary, "wall_seconds": time.monotonic() - started}
     write_json(Path(args.out) / "ceiling.json", report)
     print_summary(summary)

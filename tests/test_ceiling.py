@@ -9,7 +9,8 @@ import pytest
 
 from shared.data import DataError, Windows, make_splits, regularize, validate
 from shared.synthetic import demo_sites
-from simulations.ceiling import ARMS, COVARIATE_ARMS, Ridge, covariate_inputs, main, read_covariates
+from simulations.ceiling import (ARMS, COVARIATE_ARMS, KNOWN_AHEAD_ARMS, Ridge, calendar, covariate_inputs, main,
+                                 read_covariates)
 
 
 def windows(x: np.ndarray, y: np.ndarray) -> Windows:
@@ -94,6 +95,62 @@ def test_covariates_are_read_at_each_windows_last_input_time_and_reach_the_repor
     report = json.loads((tmp_path / "out" / "ceiling.json").read_text())
     assert set(report["summary"]) == {"stat_choice", *ARMS, *COVARIATE_ARMS}
     assert all(math.isfinite(r["mae"]) for r in report["per_site"])
+
+
+def test_known_ahead_covariates_are_read_over_the_horizon_and_reach_the_report(tmp_path):
+    frame, data = _demo(tmp_path)
+    frame["ds"] = pd.to_datetime(frame["ds"])
+    covariates = tmp_path / "covariates.parquet"
+    frame.assign(same=frame["y"]).drop(columns="y").to_parquet(covariates)
+    table = read_covariates(str(covariates))
+    checked = validate(frame, "demo")
+    rows = checked[checked["site"] == checked["site"].iloc[0]].reset_index(drop=True)
+    rows.attrs = dict(checked.attrs)
+    splits = make_splits(regularize(rows)[0], 48, 12, 96, 48, stride=12)
+    ahead = covariate_inputs(table, {"a": (splits, None, None)}, pd.Timedelta(hours=1), range(-1, 12))["a"]
+    y = splits.train.y  # offsets 0..11 are the horizon: the targets themselves, standardised per offset
+    np.testing.assert_allclose(ahead["train"][:, 1:], (y - y.mean(0)) / y.std(0), atol=1e-4)
+    np.testing.assert_allclose(ahead["train"][:, 0], (splits.train.x[:, -1] - splits.train.x[:, -1].mean())
+                               / splits.train.x[:, -1].std(), atol=1e-4)
+    out = tmp_path / "out"
+    assert main(["--data", str(data), "--out", str(out), "--covariates", str(covariates), "--known-ahead", "same", *ARGV]) == 0
+    report = json.loads((out / "ceiling.json").read_text())
+    assert report["config"]["known_ahead"] == ["same"]
+    told = [r["mae"] for r in report["per_site"] if r["arm"] == KNOWN_AHEAD_ARMS[0]]
+    blind = [r["mae"] for r in report["per_site"] if r["arm"] == COVARIATE_ARMS[0]]
+    assert len(told) == 3 and all(map(math.isfinite, told)) and told != blind  # the horizon's values are used
+
+
+def test_known_ahead_needs_covariates_that_have_the_columns(tmp_path, capsys):
+    frame, data = _demo(tmp_path)
+    with pytest.raises(SystemExit, match="--known-ahead needs --covariates"):
+        main(["--data", str(data), "--out", str(tmp_path / "a"), "--known-ahead", "t", *ARGV])
+    covariates = tmp_path / "t.csv"
+    frame[["unique_id", "ds"]].assign(t=1.0).to_csv(covariates, index=False)
+    with pytest.raises(SystemExit, match="t.csv has no numeric column TEMP"):
+        main(["--data", str(data), "--out", str(tmp_path / "b"), "--covariates", str(covariates),
+              "--known-ahead", "t,TEMP", *ARGV])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_calendar_columns_name_the_day_and_hour(tmp_path):
+    days = pd.DataFrame({"unique_id": "a", "ds": pd.to_datetime(["2024-02-27", "2024-03-01"]), "y": 1.0})
+    days.attrs["freq"] = "D"
+    table = calendar(days)
+    assert len(table) == 4 and "hour_sin1" not in table  # 27 Feb to 1 Mar 2024 (a leap year), daily
+    tue, fri = table.loc[("a", pd.Timestamp("2024-02-27"))], table.loc[("a", pd.Timestamp("2024-03-01"))]
+    assert tue["weekday_1"] == 1 and tue[[f"weekday_{k}" for k in range(7)]].sum() == 1 and fri["weekday_4"] == 1
+    assert tue["to_month_end"] == pytest.approx(2 / 30) and tue["month_last3"] == 1 and tue["month_first3"] == 0
+    assert fri["month_first3"] == 1 and fri["month_sin1"] == pytest.approx(0) and fri["month_cos1"] == pytest.approx(1)
+    hours = pd.DataFrame({"unique_id": "a", "ds": pd.to_datetime(["2024-01-01 00:00", "2024-01-01 06:00"]), "y": 1.0})
+    hours.attrs["freq"] = "h"
+    six = calendar(hours).loc[("a", pd.Timestamp("2024-01-01 06:00"))]
+    assert six["hour_sin1"] == pytest.approx(1) and six["hour_cos1"] == pytest.approx(0, abs=1e-12)
+    frame, data = _demo(tmp_path)
+    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--calendar", *ARGV]) == 0
+    report = json.loads((tmp_path / "out" / "ceiling.json").read_text())
+    assert set(report["summary"]) == {"stat_choice", *ARMS, *COVARIATE_ARMS, *KNOWN_AHEAD_ARMS}
+    assert "weekday_0" in report["config"]["known_ahead"] and report["config"]["calendar"]
 
 
 def test_a_ridge_uses_extra_inputs():

@@ -161,3 +161,17 @@ def test_stat_anchor_table_matches_its_reports():
         assert _percents(worst) == [round(100 * by_site["served_on_stat"]["worst_skill"], 1)], label
         rows_served = [r for r in report["per_site"] if r["arm"] == "served_on_stat"]
         assert chosen == f"{sum(r['serve'] == 'federated' for r in rows_served)} of {len(rows_served)}", label
+
+
+def test_known_ahead_table_matches_its_reports():
+    rows = _report_rows("**What a site could know of the horizon**")
+    assert len(rows) == 4
+    for (label, *cells, worst), report in rows:
+        summary = report["summary"]
+        arms = ("pooled_ridge_on_stat", "pooled_ridge_on_stat_known_ahead", "pooled_ridge_on_stat_known_ahead_if_better")
+        for arm, cell in zip(arms, cells, strict=True):
+            assert _percents(cell) == [round(100 * summary[arm]["median_skill"], 1),
+                                       round(100 * summary[arm]["mean_skill"], 1)], (label, arm)
+        assert _percents(worst) == [round(100 * summary[arms[-1]]["worst_skill"], 1)], label
+        assert report["config"]["calendar"] == ("calendar" in label), label
+        assert report["config"]["history"] == int(re.search(r": (\d+) (?:h|days)", label).group(1)), label
