@@ -36,6 +36,8 @@ seasonal naive and the statistical models on validation: `alone_best` without lo
   weather forecasts could add through this model, not something a site has.
 - with `--calendar`: calendar columns (day of week, day of month, hour of day below a day), known
   ahead at any time and so no oracle, join the covariates and the known-ahead columns.
+- with `--mlp` beside those: `pooled_mlp_on_stat_known_ahead`, the same inputs and target through
+  a one-hidden-layer MLP (early stopping on the pooled validation windows), and its `_if_better`.
 
 Writes DIR/ceiling.json (per site and cutoff, and a summary per arm) and prints the summary.
 """
@@ -43,12 +45,14 @@ Writes DIR/ceiling.json (per site and cutoff, and a summary per arm) and prints 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import write_json
@@ -66,6 +70,7 @@ ARMS = ("pooled_ridge", "local_ridge", "pooled_ridge_on_naive", "pooled_ridge_on
         "combination", "combination_if_better")
 COVARIATE_ARMS = ("pooled_ridge_on_stat_covariates", "pooled_ridge_on_stat_covariates_if_better")
 KNOWN_AHEAD_ARMS = ("pooled_ridge_on_stat_known_ahead", "pooled_ridge_on_stat_known_ahead_if_better")
+MLP_ARMS = ("pooled_mlp_on_stat_known_ahead", "pooled_mlp_on_stat_known_ahead_if_better")
 
 
 def design(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,6 +124,52 @@ class Ridge:
             self.fit(p)
             return np.mean([mae(self.predict(w.x, g, e), w) for w, g, e in zip(val, given, extra)])
         return self.fit(min(PENALTIES, key=score))
+
+
+class PooledMLP:
+    """A one-hidden-layer MLP of the correction to given forecasts, on Ridge's inputs with anchor
+    "given" (the normalised window, the forecast and extra inputs), fitted on every site's training
+    windows with the masked MAE and early stopping on every site's validation windows."""
+
+    anchor = "given"
+    features = Ridge.features
+
+    def __init__(self, train: list[Windows], given: list[np.ndarray], extra: list[np.ndarray], val: list[Windows],
+                 val_given: list[np.ndarray], val_extra: list[np.ndarray], seed: int = 0, patience: int = 10):
+        torch.manual_seed(seed)
+        (x, t, m), (vx, vt, vm) = (self.tensors(*a) for a in ((train, given, extra), (val, val_given, val_extra)))
+        self.net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.GELU(), torch.nn.Dropout(0.2),
+                                       torch.nn.Linear(128, t.shape[1]))
+        torch.nn.init.zeros_(self.net[-1].weight), torch.nn.init.zeros_(self.net[-1].bias)  # starts at the forecast
+        optimizer = torch.optim.AdamW(self.net.parameters(), 1e-3, weight_decay=1e-2)
+        loss = lambda a, b, c: ((self.net(a) - b).abs() * c).sum() / c.sum().clamp(min=1)
+        best, state, waited = float("inf"), None, 0
+        while waited < patience:
+            self.net.train()
+            for batch in torch.randperm(len(x)).split(256):
+                optimizer.zero_grad()
+                loss(x[batch], t[batch], m[batch]).backward()
+                optimizer.step()
+            self.net.eval()
+            with torch.no_grad():
+                score = float(loss(vx, vt, vm))
+            best, state, waited = ((score, copy.deepcopy(self.net.state_dict()), 0) if score < best - 1e-4
+                                   else (best, state, waited + 1))
+        self.net.load_state_dict(state)
+
+    def tensors(self, windows: list[Windows], given: list[np.ndarray], extra: list[np.ndarray]):
+        """(inputs, normalised correction targets, target mask) of windows pooled over sites."""
+        parts = [self.features(w.x, g, e) for w, g, e in zip(windows, given, extra)]
+        z = np.vstack([np.nan_to_num(p[0]) for p in parts])
+        t = np.vstack([np.nan_to_num((w.y - m) / s - a) for w, (_, a, m, s) in zip(windows, parts)])
+        mask = np.vstack([w.mask for w in windows])
+        return (torch.tensor(v, dtype=torch.float32) for v in (z, t, mask))
+
+    def predict(self, x: np.ndarray, given: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        z, anchor, mean, std = self.features(x, given, extra)
+        with torch.no_grad():
+            correction = self.net(torch.tensor(np.nan_to_num(z), dtype=torch.float32)).numpy()
+        return (correction + anchor) * std + mean
 
 
 def mae(pred: np.ndarray, w: Windows) -> float:
@@ -224,7 +275,7 @@ def site_choices(part: pd.DataFrame, config: dict) -> dict[str, tuple[Splits, st
 
 
 def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None = None,
-               known_ahead: list[str] | None = None) -> list[dict]:
+               known_ahead: list[str] | None = None, mlp: bool = False) -> list[dict]:
     """Rows {site, arm, mae, skill} of one cutoff's slice of the data."""
     sites = site_choices(part, config)
     train, val = [s.train for s, _, _ in sites.values()], [s.val for s, _, _ in sites.values()]
@@ -241,6 +292,9 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
         ahead = covariate_inputs(covariates[known_ahead], sites, step, range(-1, int(config["horizon"])))
         with_ahead = Ridge(train, "given", given["train"], [e["train"] for e in ahead.values()]).tuned(
             val, given["val"], [e["val"] for e in ahead.values()])
+    if known_ahead and mlp:
+        nonlinear = PooledMLP(train, given["train"], [e["train"] for e in ahead.values()],
+                              val, given["val"], [e["val"] for e in ahead.values()])
     rows = []
     for name, (splits, choice, chosen) in sites.items():
         local = Ridge([splits.train]).tuned([splits.val])
@@ -260,13 +314,16 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
         if known_ahead:
             told = {k: with_ahead.predict(getattr(splits, k).x, chosen[k], ahead[name][k]) for k in ("val", "test")}
             preds |= {KNOWN_AHEAD_ARMS[0]: told["test"], KNOWN_AHEAD_ARMS[1]: if_better(told)}
+        if known_ahead and mlp:
+            learned = {k: nonlinear.predict(getattr(splits, k).x, chosen[k], ahead[name][k]) for k in ("val", "test")}
+            preds |= {MLP_ARMS[0]: learned["test"], MLP_ARMS[1]: if_better(learned)}
         base = mae(chosen["test"], splits.test)
         rows += [{"site": name, "arm": arm, "mae": mae(p, splits.test), "skill": 1 - mae(p, splits.test) / base,
                   "stat_choice": choice} for arm, p in preds.items()]
     return rows
 
 
-def summarize(rows: list[dict], arms: tuple[str, ...] = ARMS + COVARIATE_ARMS + KNOWN_AHEAD_ARMS) -> dict[str, dict]:
+def summarize(rows: list[dict], arms: tuple[str, ...] = ARMS + COVARIATE_ARMS + KNOWN_AHEAD_ARMS + MLP_ARMS) -> dict[str, dict]:
     """Per arm present in rows: median, mean, share better and worst of the skill against stat_choice."""
     out = {}
     for arm in [a for a in ("stat_choice", *arms) if any(r["arm"] == a for r in rows)]:
@@ -291,6 +348,7 @@ def parse(argv: list[str], prefix: str = "ceiling", doc: str = __doc__) -> argpa
     parser.add_argument("--known-ahead", default="", metavar="COLUMNS",
                         help="covariate columns whose actual values over the horizon are given (an oracle)")
     parser.add_argument("--calendar", action="store_true", help="calendar columns as covariates known ahead")
+    parser.add_argument("--mlp", action="store_true", help="with --known-ahead or --calendar: a pooled MLP too")
     for name in ("--history", "--lookback", "--horizon", "--val-size", "--test-size", "--stride", "--spacing"):
         parser.add_argument(name, type=int)
     parser.add_argument("--cutoffs", type=int, default=3)
@@ -323,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     known_ahead = [c.strip() for c in args.known_ahead.split(",") if c.strip()]
     if known_ahead and not args.covariates:
         raise SystemExit("error: --known-ahead needs --covariates")
+    if args.mlp and not (known_ahead or args.calendar):
+        raise SystemExit("error: --mlp needs --known-ahead or --calendar")
     covariates = read_covariates(args.covariates) if args.covariates else None
     unknown = [c for c in known_ahead if c not in covariates.columns] if known_ahead else []
     if unknown:
@@ -338,10 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for cutoff in cutoffs:
         part = window_slice(frame, cutoff, args.history, int(config["test-size"]))
-        rows += [{**r, "cutoff": str(cutoff)} for r in run_cutoff(part, config, covariates, known_ahead)]
+        rows += [{**r, "cutoff": str(cutoff)} for r in run_cutoff(part, config, covariates, known_ahead, args.mlp)]
         print(f"[{time.monotonic() - started:5.0f} s] cutoff {cutoff}: {part['site'].nunique()} sites", flush=True)
     summary = summarize(rows)
-    report = {"config": {"data": args.data, "covariates": args.covariates, "known_ahead": known_ahead, "calendar": args.calendar, "history": args.history, "cutoffs": [str(c) for c in cutoffs], **config},
+    report = {"config": {"data": args.data, "covariates": args.covariates, "known_ahead": known_ahead, "calendar": args.calendar, "mlp": args.mlp, "history": args.history, "cutoffs": [str(c) for c in cutoffs], **config},
               "per_site": rows, "summary": summary, "wall_seconds": time.monotonic() - started}
     write_json(Path(args.out) / "ceiling.json", report)
     print_summary(summary)

@@ -9,8 +9,8 @@ import pytest
 
 from shared.data import DataError, Windows, make_splits, regularize, validate
 from shared.synthetic import demo_sites
-from simulations.ceiling import (ARMS, COVARIATE_ARMS, KNOWN_AHEAD_ARMS, Ridge, calendar, covariate_inputs, main,
-                                 read_covariates)
+from simulations.ceiling import (ARMS, COVARIATE_ARMS, KNOWN_AHEAD_ARMS, MLP_ARMS, PooledMLP, Ridge, calendar,
+                                 covariate_inputs, main, read_covariates)
 
 
 def windows(x: np.ndarray, y: np.ndarray) -> Windows:
@@ -151,6 +151,36 @@ def test_calendar_columns_name_the_day_and_hour(tmp_path):
     report = json.loads((tmp_path / "out" / "ceiling.json").read_text())
     assert set(report["summary"]) == {"stat_choice", *ARMS, *COVARIATE_ARMS, *KNOWN_AHEAD_ARMS}
     assert "weekday_0" in report["config"]["known_ahead"] and report["config"]["calendar"]
+
+
+def test_a_pooled_mlp_learns_a_nonlinear_effect_of_a_known_input_and_repeats_itself():
+    rng = np.random.default_rng(3)
+    x, u = rng.normal(10, 2, (2000, 24)), rng.normal(size=(2000, 1))
+    scale = x.std(1, keepdims=True) + 1e-8
+    y = x[:, -1:] + 3 * np.abs(u) * scale  # the forecast given (persistence) misses a shock |u| known ahead
+    given = x[:, -1:]
+    train, val, test = slice(0, 1500), slice(1500, 1800), slice(1800, None)
+
+    def fit():
+        return PooledMLP([windows(x[train], y[train])], [given[train]], [u[train]],
+                         [windows(x[val], y[val])], [given[val]], [u[val]], seed=1)
+    first, second = fit(), fit()
+    pred = first.predict(x[test], given[test], u[test])
+    np.testing.assert_array_equal(pred, second.predict(x[test], given[test], u[test]))
+    ridge = Ridge([windows(x[train], y[train])], "given", [given[train]], [u[train]]).fit(1e-6)
+    errors = {"mlp": np.abs(pred - y[test]).mean(), "ridge": np.abs(ridge.predict(x[test], given[test], u[test]) - y[test]).mean(),
+              "given": np.abs(given[test] - y[test]).mean()}
+    assert errors["mlp"] < 0.5 * errors["ridge"] < 0.5 * errors["given"]  # |u| is out of a ridge's reach
+
+
+def test_the_mlp_arm_reaches_the_report_and_needs_inputs_known_ahead(tmp_path):
+    frame, data = _demo(tmp_path)
+    with pytest.raises(SystemExit, match="--mlp needs --known-ahead or --calendar"):
+        main(["--data", str(data), "--out", str(tmp_path / "a"), "--mlp", *ARGV])
+    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--calendar", "--mlp", *ARGV]) == 0
+    report = json.loads((tmp_path / "out" / "ceiling.json").read_text())
+    assert set(MLP_ARMS) <= set(report["summary"]) and report["config"]["mlp"]
+    assert all(math.isfinite(r["mae"]) for r in report["per_site"] if r["arm"] in MLP_ARMS)
 
 
 def test_a_ridge_uses_extra_inputs():

@@ -175,3 +175,16 @@ def test_known_ahead_table_matches_its_reports():
         assert _percents(worst) == [round(100 * summary[arms[-1]]["worst_skill"], 1)], label
         assert report["config"]["calendar"] == ("calendar" in label), label
         assert report["config"]["history"] == int(re.search(r": (\d+) (?:h|days)", label).group(1)), label
+
+
+def test_known_ahead_mlp_table_matches_its_reports():
+    rows = _report_rows("**The same inputs through a pooled MLP**")
+    assert len(rows) == 2
+    for (label, *cells, worst), report in rows:
+        summary = report["summary"]
+        arms = ("pooled_mlp_on_stat_known_ahead", "pooled_mlp_on_stat_known_ahead_if_better")
+        for arm, cell in zip(arms, cells, strict=True):
+            assert _percents(cell) == [round(100 * summary[arm]["median_skill"], 1),
+                                       round(100 * summary[arm]["mean_skill"], 1)], (label, arm)
+        assert _percents(worst) == [round(100 * summary[arms[-1]]["worst_skill"], 1)], label
+        assert report["config"]["mlp"] and report["config"]["history"] == int(re.search(r": (\d+) h", label).group(1))
