@@ -225,9 +225,10 @@ def calendar(frame: pd.DataFrame) -> pd.DataFrame:
     week (one column per day), day of month (two harmonics, days to the month's end, its first and
     last three days) and, below a day, hour of day (two harmonics)."""
     spans = frame.groupby("unique_id")["ds"].agg(["min", "max"])
-    index = pd.MultiIndex.from_tuples([(uid, ds) for uid, (lo, hi) in spans.iterrows()
-                                       for ds in pd.date_range(lo, hi, freq=frame.attrs["freq"])], names=["unique_id", "ds"])
-    ds = index.get_level_values("ds")
+    ranges = [pd.date_range(lo, hi, freq=frame.attrs["freq"]) for lo, hi in zip(spans["min"], spans["max"])]
+    ds = pd.DatetimeIndex(np.concatenate([r.values for r in ranges]))
+    index = pd.MultiIndex.from_arrays([np.repeat(spans.index.to_numpy(), [len(r) for r in ranges]), ds],
+                                      names=["unique_id", "ds"])
     day, days = ds.day.to_numpy(), ds.days_in_month.to_numpy()
     columns = {f"weekday_{k}": (ds.dayofweek == k).astype(float) for k in range(7)}
     for h in (1, 2):
