@@ -47,10 +47,10 @@ def open_site(context: Context, settings: Settings) -> Site:
         if not node.get("state-dir"):
             raise ValueError("node config has data-path but no state-dir: name the folder for this site's state")
         data = replace(settings.data, data_path=str(node["data-path"]))
-        name, frame = select_site(read_sites(data), data.data_path, name=node.get("site-name") or None)
+        name, frame = select_site(read_sites(data, settings.model.futr_exog), data.data_path, name=node.get("site-name") or None)
         state_dir = Path(str(node["state-dir"]))
     else:
-        name, frame = select_site(read_sites(settings.data), settings.data.data_path or "built-in demo data",
+        name, frame = select_site(read_sites(settings.data, settings.model.futr_exog), settings.data.data_path or "built-in demo data",
                                   index=int(node["partition-id"]), expected_sites=int(node["num-partitions"]))
         state_dir = Path(settings.federation.state_dir or Path(settings.federation.out_dir) / "sites") / name
     key = load_state_key(node["state-key"]) if node.get("state-key") else None

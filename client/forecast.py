@@ -2,13 +2,15 @@
 
     python -m client.forecast --state-dir SITE_STATE --data my_series.csv --out forecast.csv
         [--plot forecast.png] [--site-column site] [--site-name NAME] [--history-points N]
-        [--alone-dir DIR] [--freq h] [--state-key KEY]
+        [--alone-dir DIR] [--freq h] [--state-key KEY] [--future future_covariates.csv]
 
 Reads the long format used in training, and the site's state folder (client/site.py): guard.json
 says what to serve, model.pt is the federated model (its lookback and horizon are the forecast's),
 local_only.pt lives in the alone folder; a state sealed with the site's state key (node config state-key)
 needs --state-key. Each series is regularised as in training; the forecast starts one step after its
-last timestamp. Writes unique_id, ds, y_hat (.csv or .parquet). No Flower.
+last timestamp. A model trained with known-ahead covariates (futr-exog) needs their values over
+the horizon: --future, a file of unique_id, ds and those columns (the history gives the last input
+point's). Writes unique_id, ds, y_hat (.csv or .parquet). No Flower.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 
 from shared.baselines import seasonal_naive
 from shared.checkpoint import load_model, read_json, write_atomic
-from shared.data import DataError, read_long, regularize, season_length
+from shared.data import DataError, read_long, read_table, regularize, season_length
 from shared.model import Forecaster, ModelArgs
 from shared.sealing import load_state_key
 from shared.sites import select_site
@@ -73,8 +75,29 @@ def load_served(state_dir: Path, alone_dir: Path | None = None, key: bytes | Non
     raise DataError(f"{guard_path}: unknown alone_choice {choice!r}")
 
 
-def forecast_frame(frame: pd.DataFrame, served: Served) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(forecast [unique_id, ds, y_hat], regularised history) of every series of one site's frame."""
+def future_covariates(future: pd.DataFrame | None, columns: tuple[str, ...], uid: str, last: pd.Series,
+                      ds: pd.DatetimeIndex, source: str) -> np.ndarray:
+    """Covariates [horizon + 1, C] of one series: at its last input point (`last`, from the history),
+    then at each forecast timestamp `ds` (from `future`); a DataError names what is missing."""
+    if future is None:
+        raise DataError(f"the served model reads covariates {list(columns)}: pass their values over the horizon "
+                        "with --future")
+    rows = future[future["unique_id"] == uid].set_index("ds")
+    absent = ds.difference(rows.index)
+    if len(absent):
+        raise DataError(f"{source}: series {uid} has no row at {absent[0]} ({len(absent)} of the {len(ds)} "
+                        "forecast timestamps missing)")
+    ahead = rows.loc[ds, list(columns)]
+    if ahead.isna().any().any():
+        col = ahead.columns[ahead.isna().any()][0]
+        raise DataError(f"{source}: series {uid} has no value of {col} at {ahead.index[ahead[col].isna()][0]}")
+    return np.vstack([last[list(columns)].to_numpy(np.float32), ahead.to_numpy(np.float32)])
+
+
+def forecast_frame(frame: pd.DataFrame, served: Served, future: pd.DataFrame | None = None,
+                   future_source: str = "future covariates") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(forecast [unique_id, ds, y_hat], regularised history) of every series of one site's frame;
+    `future` holds the covariates over the horizon of a model that reads some."""
     regular, _ = regularize(frame)
     lookback, horizon, freq = served.args.lookback, served.args.horizon, regular.attrs["freq"]
     series = {uid: g for uid, g in regular.groupby("unique_id", sort=False)}
@@ -85,8 +108,12 @@ def forecast_frame(frame: pd.DataFrame, served: Served) -> tuple[pd.DataFrame, p
     ys = [g["y"].to_numpy(np.float64) for g in series.values()]
     x = np.stack([y[-lookback:] for y in ys]).astype(np.float32)
     how = served.how
+    stamps = {uid: pd.date_range(g["ds"].iloc[-1], periods=horizon + 1, freq=freq)[1:] for uid, g in series.items()}
     if isinstance(how, Forecaster):
-        pred = predict(how, x)
+        columns = how.args.futr_exog
+        exog = np.stack([future_covariates(future, columns, uid, g.iloc[-1], stamps[uid], future_source)
+                         for uid, g in series.items()]) if columns else None
+        pred = predict(how, x, exog)
     elif how == "naive" or how.startswith("seasonal_naive_"):
         pred = seasonal_naive(x, horizon, 1 if how == "naive" else int(how.rsplit("_", 1)[1]))
     else:  # statistical: fitted on the whole history, as training fits it (no season under two seasons)
@@ -97,8 +124,7 @@ def forecast_frame(frame: pd.DataFrame, served: Served) -> tuple[pd.DataFrame, p
     for (uid, g), p in zip(series.items(), pred):
         if not np.isfinite(p).all():
             raise DataError(f"series {uid}: {served.label} forecast non-finite values")
-        ds = pd.date_range(g["ds"].iloc[-1], periods=horizon + 1, freq=freq)[1:]
-        rows.append(pd.DataFrame({"unique_id": uid, "ds": ds, "y_hat": np.asarray(p, np.float64)}))
+        rows.append(pd.DataFrame({"unique_id": uid, "ds": stamps[uid], "y_hat": np.asarray(p, np.float64)}))
     return pd.concat(rows, ignore_index=True), regular
 
 
@@ -144,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alone-dir", type=Path, help="folder holding local_only.pt (default: --state-dir)")
     parser.add_argument("--freq", help="pandas frequency alias (default: inferred, as in training)")
     parser.add_argument("--history-points", type=int, help="history shown in the plot (default 3 lookbacks)")
+    parser.add_argument("--future", help="known-ahead covariates over the horizon (unique_id, ds and the model's "
+                        "futr-exog columns), for a model trained with them")
     parser.add_argument("--state-key", type=Path, help="the site's state key, if its state is sealed (node config "
                         "state-key)")
     args = parser.parse_args(argv)
@@ -152,9 +180,17 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"{args.out}: unsupported output type (use {', '.join(OUT_SUFFIXES)})")
         key = load_state_key(args.state_key) if args.state_key else None
         served = load_served(args.state_dir, args.alone_dir, key)
-        frame = read_long(args.data, site_col=args.site_column or None, freq=args.freq)
+        columns = served.how.args.futr_exog if isinstance(served.how, Forecaster) else ()
+        frame = read_long(args.data, site_col=args.site_column or None, freq=args.freq, covariates=columns)
         site, frame = select_site(frame, args.data, name=args.site_name)
-        forecast, history = forecast_frame(frame, served)
+        future = None
+        if args.future and columns:
+            future = read_table(args.future)
+            lacking = [col for col in ("unique_id", "ds", *columns) if col not in future.columns]
+            if lacking:
+                raise DataError(f"{args.future} lacks column(s) {lacking}; it has {list(future.columns)}")
+            future = future.assign(unique_id=future["unique_id"].astype(str), ds=pd.to_datetime(future["ds"]))
+        forecast, history = forecast_frame(frame, served, future, args.future or "")
         write_table(args.out, forecast)
         n_series, horizon = forecast["unique_id"].nunique(), served.args.horizon
         print(f"forecast {site}: {n_series} series x {horizon} steps ({history.attrs['freq']}) from "

@@ -77,7 +77,7 @@ def scores(val_pred: np.ndarray, test_pred: np.ndarray, splits: Splits) -> dict:
 
 
 def model_scores(model: Forecaster, splits: Splits) -> dict:
-    return scores(predict(model, splits.val.x), predict(model, splits.test.x), splits)
+    return scores(predict(model, splits.val.x, splits.val.exog), predict(model, splits.test.x, splits.test.exog), splits)
 
 
 @dataclass
@@ -100,7 +100,7 @@ class Site:
 
     def splits(self, args: ModelArgs) -> Splits:
         return make_splits(self.frame, args.lookback, args.horizon, self.data.val_size,
-                           self.data.test_size, stride=self.data.stride)
+                           self.data.test_size, stride=self.data.stride, covariates=args.futr_exog)
 
     @property
     def model_path(self) -> Path:

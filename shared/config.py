@@ -82,8 +82,8 @@ def _kebab(name: str) -> str:
 def read_args(cls, config: Mapping[str, Any], **overrides):
     """Build dataclass `cls` from the kebab-case keys of `config` that name its fields.
 
-    Values are cast to each field's default type, so "0.01" and 0.01 both work; `lags` is read
-    from a space- or comma-separated string.
+    Values are cast to each field's default type, so "0.01" and 0.01 both work; `lags` and
+    `futr_exog` are read from a space- or comma-separated string.
     """
     values = {}
     for f in fields(cls):
@@ -94,6 +94,8 @@ def read_args(cls, config: Mapping[str, Any], **overrides):
         try:
             if f.name == "lags":
                 values[f.name] = tuple(int(v) for v in str(raw).replace(",", " ").split())
+            elif f.name == "futr_exog":
+                values[f.name] = covariates(config)
             elif isinstance(f.default, bool):
                 values[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
             else:
@@ -101,6 +103,11 @@ def read_args(cls, config: Mapping[str, Any], **overrides):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"config key '{key}': cannot read {raw!r} as {type(f.default).__name__}") from exc
     return cls(**(values | overrides))
+
+
+def covariates(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The known-ahead covariate columns a run config names (`futr-exog`, space- or comma-separated)."""
+    return tuple(str(config.get("futr-exog", "")).replace(",", " ").split())
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

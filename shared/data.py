@@ -34,20 +34,21 @@ def read_table(path, text_columns: tuple[str | None, ...] = ("unique_id",)) -> p
         raise DataError(f"cannot read {path}: {e}") from e
 
 
-def read_long(path, site_col: str | None = "site", freq: str | None = None) -> pd.DataFrame:
+def read_long(path, site_col: str | None = "site", freq: str | None = None,
+              covariates: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read a long-format CSV (.csv, .csv.gz) or Parquet (.parquet, .pq) file, then validate it."""
-    return validate(read_table(path, ("unique_id", site_col)), str(Path(path)), site_col, freq)
+    return validate(read_table(path, ("unique_id", site_col)), str(Path(path)), site_col, freq, covariates)
 
 
 def validate(df: pd.DataFrame, source: str, site_col: str | None = "site",
-             freq: str | None = None) -> pd.DataFrame:
-    """Check and normalise a long frame into [site, unique_id, ds, y] sorted, with attrs['freq'].
+             freq: str | None = None, covariates: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Check and normalise a long frame into [site, unique_id, ds, y, *covariates] sorted, with attrs['freq'].
 
     source: file name used in error messages; site_col: column grouping series into sites (the
     default 'site' may be absent: each series is then its own site); freq: pandas frequency alias,
-    inferred per series when None.
+    inferred per series when None; covariates: numeric columns kept beside y (missing values allowed).
     """
-    missing = [col for col in REQUIRED if col not in df.columns]
+    missing = [col for col in (*REQUIRED, *covariates) if col not in df.columns]
     if missing:
         raise DataError(f"{source} lacks column(s) {missing}; it has {list(df.columns)}")
     if site_col and site_col not in df.columns and site_col != "site":
@@ -65,6 +66,7 @@ def validate(df: pd.DataFrame, source: str, site_col: str | None = "site",
         "unique_id": uid,
         "ds": _parse_ds(df, source),
         "y": _parse_y(df, source),
+        **{col: _parse_y(df, source, col) for col in covariates},
     }).sort_values(["site", "unique_id", "ds"], kind="stable").reset_index(drop=True)
 
     dup = frame.duplicated(["unique_id", "ds"])
@@ -79,14 +81,14 @@ def validate(df: pd.DataFrame, source: str, site_col: str | None = "site",
     return frame
 
 
-def _parse_y(df: pd.DataFrame, source: str) -> np.ndarray:
-    """Column y as float64; NaN and blank cells are missing values, anything else non-numeric is an error."""
-    raw = df["y"]
+def _parse_y(df: pd.DataFrame, source: str, col: str = "y") -> np.ndarray:
+    """Column col as float64; NaN and blank cells are missing values, anything else non-numeric is an error."""
+    raw = df[col]
     y = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     missing = raw.isna()
     if not pd.api.types.is_numeric_dtype(raw):
         missing = missing | raw.astype(str).str.strip().eq("")
-    _raise_bad(df, ~missing.to_numpy() & ~np.isfinite(y), "y", source, "has values that are not finite numbers")
+    _raise_bad(df, ~missing.to_numpy() & ~np.isfinite(y), col, source, "has values that are not finite numbers")
     return y
 
 
@@ -201,12 +203,15 @@ def regularize(df: pd.DataFrame) -> tuple[pd.DataFrame, GapReport]:
     """Put every series of a validated frame on its full grid (first..last at attrs['freq']) and fill gaps.
 
     Fill rule: linear interpolation in time inside the series, then the nearest observed value at
-    its two ends. Returns [site, unique_id, ds, y, observed] (observed False where filled) and the
-    gap counts.
+    its two ends; covariate columns (any beyond [site, unique_id, ds, y]) are filled the same way.
+    Returns [site, unique_id, ds, y, *covariates, observed] (observed False where y was filled) and
+    the gap counts of y.
     """
     freq = _freq(df)
     site, ds, y = df["site"].to_numpy(), df["ds"].to_numpy("datetime64[ns]"), df["y"].to_numpy("float64")
-    sites, uids, grids, values, observed, per_series = [], [], [], [], [], {}
+    covariates = [col for col in df.columns if col not in ("site", "unique_id", "ds", "y", "observed")]
+    sites, uids, grids, observed, per_series = [], [], [], [], {}
+    values = {col: [] for col in ("y", *covariates)}
     for uid, rows in df.groupby("unique_id", sort=False).indices.items():
         ok = rows[~np.isnan(y[rows])]
         if not len(ok):
@@ -218,14 +223,19 @@ def regularize(df: pd.DataFrame) -> tuple[pd.DataFrame, GapReport]:
         sites.append(site[rows[0]])
         uids.append(uid)
         grids.append(grid)
-        values.append(np.interp(grid.view("int64"), ds[ok].view("int64"), y[ok]))  # constant beyond the ends
+        for col in values:
+            v = df[col].to_numpy("float64")[rows]
+            known = rows[~np.isnan(v)]
+            if not len(known):
+                raise DataError(f"series {uid} has no observed value of {col}")
+            values[col].append(np.interp(grid.view("int64"), ds[known].view("int64"), v[~np.isnan(v)]))
         observed.append(seen)
     sizes = [len(grid) for grid in grids]
     out = pd.DataFrame({
         "site": np.repeat(sites, sizes),
         "unique_id": np.repeat(uids, sizes),
         "ds": np.concatenate(grids),
-        "y": np.concatenate(values),
+        **{col: np.concatenate(parts) for col, parts in values.items()},
         "observed": np.concatenate(observed),
     })
     out.attrs["freq"] = freq
@@ -264,6 +274,12 @@ class Windows:
     scale: np.ndarray  # [N] float64, MASE scale of the window's series (NaN when undefined)
     series: np.ndarray  # [N] object, unique_id of each window
     origin: np.ndarray  # [N] datetime64[ns], timestamp of the first target point
+    exog: np.ndarray | None = None  # [N, horizon + 1, C] float32, covariates at the last input point and
+    # over the horizon (None: [N, horizon + 1, 0])
+
+    def __post_init__(self) -> None:
+        if self.exog is None:
+            object.__setattr__(self, "exog", np.zeros((len(self.x), self.y.shape[1] + 1, 0), np.float32))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -275,9 +291,10 @@ class Windows:
     @staticmethod
     def concat(parts: list[Windows], lookback: int, horizon: int) -> Windows:
         """All windows of parts in order; empty parts (or none) give arrays of the right shapes."""
+        n_exog = parts[0].exog.shape[2] if parts else 0
         empty = Windows(np.empty((0, lookback), np.float32), np.empty((0, horizon), np.float32),
                         np.empty((0, horizon), bool), np.empty(0), np.empty(0, object),
-                        np.empty(0, "datetime64[ns]"))
+                        np.empty(0, "datetime64[ns]"), np.empty((0, horizon + 1, n_exog), np.float32))
         parts = [empty] + [p for p in parts if len(p)]
         return Windows(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Windows)})
 
@@ -310,7 +327,7 @@ def check_lengths(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, 
 
 
 def make_splits(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, test_size: int,
-                stride: int = 1, season: int | None = None) -> Splits:
+                stride: int = 1, season: int | None = None, covariates: tuple[str, ...] = ()) -> Splits:
     """Windows of a regularized frame, split by time per series (all series pooled).
 
     The last test_size points of each series are the test region, the val_size before them the
@@ -318,7 +335,8 @@ def make_splits(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, te
     validation and test origins by stride, from the start of their region; targets stay inside
     their region, inputs may look back into earlier ones. Windows with no observed target are
     dropped. scale is the series' mean |y_t - y_(t-season)| over observed pairs of the training
-    region (season defaults to season_length(freq)), else the same at lag 1, else NaN.
+    region (season defaults to season_length(freq)), else the same at lag 1, else NaN. exog holds
+    the `covariates` columns at the last input point and over each window's horizon.
     """
     if min(lookback, horizon, stride) < 1 or min(val_size, test_size) < 0:
         raise DataError(f"bad window sizes: lookback {lookback}, horizon {horizon}, stride {stride}, "
@@ -326,6 +344,10 @@ def make_splits(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, te
     if "observed" not in df.columns:
         raise DataError("make_splits needs a regularized frame (run regularize first)")
     check_lengths(df, lookback, horizon, val_size, test_size, "data")
+    missing = [col for col in covariates if col not in df.columns]
+    if missing:
+        raise DataError(f"the data has no covariate column(s) {missing}; it has {list(df.columns)}")
+    exog = df[list(covariates)].to_numpy("float32").reshape(len(df), len(covariates))
     season = season or season_length(_freq(df))
     values, seen = df["y"].to_numpy("float64"), df["observed"].to_numpy(bool)
     ds = df["ds"].to_numpy("datetime64[ns]")
@@ -346,6 +368,7 @@ def make_splits(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, te
                 scale=np.full(len(t), scale),
                 series=np.full(len(t), uid, dtype=object),
                 origin=ds[rows[t]],
+                exog=sliding_window_view(exog[rows], horizon + 1, axis=0)[t - 1].transpose(0, 2, 1).copy(),
             ))
     return Splits(*(Windows.concat(parts[name], lookback, horizon) for name in ("train", "val", "test")))
 

@@ -34,9 +34,12 @@ class ModelArgs:
     dropout: float = 0.1  # inside the transformer only
     lags: tuple[int, ...] = (1, 24, 168)  # simple forecasts the head mixes: naive and seasonal naive
     head_features: str = "all"  # what the head's correction reads: "all" tokens flattened, or their "mean"
+    futr_exog: tuple[str, ...] = ()  # known-ahead covariates (columns of the data): their values at the last
+    # input point and over the horizon feed the shared encoder's known-ahead correction
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lags", tuple(int(lag) for lag in self.lags))
+        object.__setattr__(self, "futr_exog", tuple(str(col) for col in self.futr_exog))
         if self.patch_len > self.lookback:
             raise ValueError(f"patch_len {self.patch_len} exceeds lookback {self.lookback}")
         if self.d_model % self.n_heads:
@@ -45,17 +48,20 @@ class ModelArgs:
             raise ValueError(f"lags {self.lags} must lie in 1..lookback ({self.lookback})")
         if self.head_features not in ("all", "mean"):
             raise ValueError(f"head_features must be 'all' or 'mean', not {self.head_features!r}")
+        reserved = {"unique_id", "ds", "y", "site", "observed"} & set(self.futr_exog)
+        if reserved or len(set(self.futr_exog)) < len(self.futr_exog):
+            raise ValueError(f"futr_exog {list(self.futr_exog)}: names must be distinct and not {sorted(reserved)}")
 
     @property
     def n_patches(self) -> int:
         return (self.lookback - self.patch_len) // self.patch_stride + 1
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"lags": list(self.lags)}
+        return asdict(self) | {"lags": list(self.lags), "futr_exog": list(self.futr_exog)}
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelArgs:
-        return cls(**{k: (tuple(v) if k == "lags" else v) for k, v in values.items()})
+        return cls(**{k: (tuple(v) if k in ("lags", "futr_exog") else v) for k, v in values.items()})
 
 
 def normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,11 +86,33 @@ class PatchEncoder(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, args.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(args.d_model)
+        self.known = KnownAhead(len(args.futr_exog), args.horizon) if args.futr_exog else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         patches = z[:, -self.span:].unfold(-1, self.patch_len, self.patch_stride)  # [B, P, len]
         tokens = self.embed(patches) + self.position  # [B, P, d]
         return self.norm(self.blocks(tokens))
+
+
+class KnownAhead(nn.Module):
+    """Shared correction from known-ahead covariates, in the window's normalised units.
+
+    Step h of the horizon adds a[c, h] * e[h, c] + b[c, h] * (e[h, c] - e[-1, c]) over the
+    covariates c, where e holds the site-standardised covariates at the last input point (-1) and
+    over the horizon. It starts at zero; being part of the encoder, it is what the federation
+    learns of the covariates' effect, so a site with little history gets the others' estimate.
+    """
+
+    def __init__(self, n_covariates: int, horizon: int):
+        super().__init__()
+        self.level = nn.Parameter(torch.zeros(n_covariates, horizon))
+        self.change = nn.Parameter(torch.zeros(n_covariates, horizon))
+        self.bias = nn.Parameter(torch.zeros(horizon))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        ahead = e[:, 1:].transpose(1, 2)  # [B, C, H]
+        change = ahead - e[:, :1].transpose(1, 2)
+        return (ahead * self.level + change * self.change).sum(dim=1) + self.bias
 
 
 class ForecastHead(nn.Module):
@@ -102,6 +130,12 @@ class ForecastHead(nn.Module):
         self.correction = nn.Linear(args.d_model if self.pool else args.n_patches * args.d_model, args.horizon)
         nn.init.zeros_(self.correction.weight)
         nn.init.zeros_(self.correction.bias)
+        if args.futr_exog:  # the site's standardisation of its covariates, set from its training windows
+            self.register_buffer("exog_mean", torch.zeros(len(args.futr_exog)))
+            self.register_buffer("exog_std", torch.ones(len(args.futr_exog)))
+
+    def standardize(self, exog: torch.Tensor) -> torch.Tensor:
+        return (exog - self.exog_mean) / self.exog_std
 
     def forward(self, tokens: torch.Tensor, simple: torch.Tensor) -> torch.Tensor:
         weights = torch.softmax(self.mix, dim=0)  # [K, H]
@@ -110,7 +144,8 @@ class ForecastHead(nn.Module):
 
 
 class Forecaster(nn.Module):
-    """Raw window [B, lookback] -> forecast [B, horizon], on the window's own scale."""
+    """Raw window [B, lookback] (and, with futr_exog, covariates [B, horizon + 1, C] at the last input
+    point and over the horizon) -> forecast [B, horizon], on the window's own scale."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -122,14 +157,22 @@ class Forecaster(nn.Module):
         index = torch.stack([args.lookback - lag + steps % lag for lag in args.lags])
         self.register_buffer("simple_index", index, persistent=False)  # [K, H], derived from args
 
-    def forward_normalized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_normalized(self, x: torch.Tensor, exog: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forecast in normalised units, with the window's mean and std to undo it."""
         z, mean, std = normalize(x)
         simple = z[:, self.simple_index]  # [B, K, H]
-        return self.head(self.encoder(z), simple), mean, std
+        out = self.head(self.encoder(z), simple)
+        if self.encoder.known is not None:
+            want = (len(x), self.args.horizon + 1, len(self.args.futr_exog))
+            if exog is None or tuple(exog.shape) != want:
+                raise ValueError(f"the model reads covariates {list(self.args.futr_exog)}: expected them as "
+                                 f"{list(want)}, got {None if exog is None else list(exog.shape)}")
+            out = out + self.encoder.known(self.head.standardize(exog))
+        return out, mean, std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, mean, std = self.forward_normalized(x)
+    def forward(self, x: torch.Tensor, exog: torch.Tensor | None = None) -> torch.Tensor:
+        out, mean, std = self.forward_normalized(x, exog)
         return out * std + mean
 
 

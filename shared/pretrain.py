@@ -105,8 +105,23 @@ def initial_model(settings: Settings) -> tuple[Forecaster, dict]:
         if (model.args.lookback, model.args.horizon) != wanted:
             raise ValueError(f"{fed.pretrained_path}: made for lookback {model.args.lookback}, horizon "
                              f"{model.args.horizon}; the run config asks for {wanted[0]}, {wanted[1]}")
+        if settings.model.futr_exog and not model.args.futr_exog:
+            model = with_covariates(model, replace(model.args, futr_exog=settings.model.futr_exog))
         return model, {"source": fed.pretrained_path, **meta}
     pretrain_args = replace(settings.train, max_epochs=fed.pretrain_epochs, seed=fed.seed)
-    model, meta, path = cached_pretrain(fed.cache_dir, settings.model, pretrain_args,
+    model, meta, path = cached_pretrain(fed.cache_dir, replace(settings.model, futr_exog=()), pretrain_args,
                                         fed.corpus_series, fed.corpus_length, fed.seed)
-    return model, {"source": str(path), **meta}
+    return with_covariates(model, settings.model), {"source": str(path), **meta}
+
+
+def with_covariates(pretrained: Forecaster, args: ModelArgs) -> Forecaster:
+    """The pretrained model as one for `args`, whose covariates the corpus lacks: the same encoder
+    with a known-ahead correction at zero (it is learned in the federation)."""
+    if pretrained.args == args:
+        return pretrained
+    if replace(pretrained.args, futr_exog=()) != replace(args, futr_exog=()):
+        raise ValueError(f"pretrained model arguments {pretrained.args} do not match {args} beyond futr_exog")
+    model = Forecaster(args)
+    model.encoder.load_state_dict(pretrained.encoder.state_dict(), strict=False)
+    model.head.load_state_dict(pretrained.head.state_dict(), strict=False)
+    return model

@@ -9,10 +9,14 @@ from shared.data import DataError, read_long, validate
 from shared.synthetic import demo_sites
 
 
-def read_sites(data: DataArgs) -> pd.DataFrame:
-    """The whole long-format frame the sites are cut from: the user's file or the demo sites."""
+def read_sites(data: DataArgs, covariates: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The whole long-format frame the sites are cut from (with these covariate columns): the user's
+    file or the demo sites (which have none)."""
     if data.data_path:
-        return read_long(data.data_path, site_col=data.site_column or None, freq=data.freq or None)
+        return read_long(data.data_path, site_col=data.site_column or None, freq=data.freq or None,
+                         covariates=covariates)
+    if covariates:
+        raise DataError(f"the built-in demo data has no covariates {list(covariates)}; set data-path")
     frame = demo_sites(n_sites=data.demo_sites, length=data.demo_length, seed=data.demo_seed)
     return validate(frame, "built-in demo data", site_col="site", freq=data.freq or None)
 

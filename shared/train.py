@@ -49,26 +49,28 @@ class FitResult:
     returned_val_mae: float = float("nan")  # of the weights the fit leaves: the best, or the last with fixed epochs
 
 
-def predict(model: Forecaster, x: np.ndarray, batch: int = 2048) -> np.ndarray:
-    """Forecasts [N, horizon] for raw windows x [N, lookback], in eval mode."""
+def predict(model: Forecaster, x: np.ndarray, exog: np.ndarray | None = None, batch: int = 2048) -> np.ndarray:
+    """Forecasts [N, horizon] for raw windows x [N, lookback] (with their covariates exog
+    [N, horizon + 1, C] when the model reads some), in eval mode."""
     model.eval()
+    part = (lambda a, i: None if a is None else torch.from_numpy(a[i : i + batch]))
     with torch.no_grad():
-        parts = [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+        parts = [model(part(x, i), part(exog, i)).numpy() for i in range(0, len(x), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, model.args.horizon), np.float32)
 
 
 def evaluate(model: Forecaster, windows: Windows) -> dict[str, float]:
     """MAE, RMSE, MASE and sMAPE of the model on `windows` (observed targets only)."""
-    return forecast_errors(predict(model, windows.x), windows.y, windows.mask, windows.scale)
+    return forecast_errors(predict(model, windows.x, windows.exog), windows.y, windows.mask, windows.scale)
 
 
 def _val_mae(model: Forecaster, val: Windows) -> float:
-    return forecast_errors(predict(model, val.x), val.y, val.mask, val.scale)["mae"]
+    return forecast_errors(predict(model, val.x, val.exog), val.y, val.mask, val.scale)["mae"]
 
 
-def _loss(model: Forecaster, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _loss(model: Forecaster, x: torch.Tensor, exog: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute error in each window's normalised units, over observed targets."""
-    out, mean, std = model.forward_normalized(x)
+    out, mean, std = model.forward_normalized(x, exog)
     err = (out - (y - mean) / std).abs() * mask
     return err.sum() / mask.sum().clamp_min(1)
 
@@ -116,7 +118,7 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
     gen = torch.Generator().manual_seed(args.seed)
     opt = AdamW(groups, args.weight_decay)
     train = splits.train
-    x, y, mask = (torch.from_numpy(a) for a in (train.x, train.y, train.mask.astype(np.float32)))
+    x, exog, y, mask = (torch.from_numpy(a) for a in (train.x, train.exog, train.y, train.mask.astype(np.float32)))
     best = FitResult(_val_mae(model, splits.val), 0, 0)
     best_state = copy.deepcopy(model.state_dict())
     best.val_curve.append(best.best_val_mae)
@@ -131,7 +133,7 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
             idx = order[cursor : cursor + args.batch_size]
             cursor += args.batch_size
             opt.zero_grad()
-            _loss(model, x[idx], y[idx], mask[idx]).backward()
+            _loss(model, x[idx], exog[idx], y[idx], mask[idx]).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
         val = _val_mae(model, splits.val)
@@ -154,8 +156,18 @@ def anchor_head(model: Forecaster, windows: Windows, weight: float = 0.9) -> str
     MAE on `windows` (training windows: no validation data is used), giving it `weight`.
 
     The head then starts as the best simple forecast the site's own history supports and learns a
-    correction to it; early stopping keeps it there when no correction helps. Returns the lag name.
+    correction to it; early stopping keeps it there when no correction helps. A model reading
+    covariates also standardises them with their mean and std over these windows. Returns the lag name.
     """
+    if model.args.futr_exog:
+        if windows.exog.shape[2] != len(model.args.futr_exog):
+            raise ValueError(f"the model reads covariates {list(model.args.futr_exog)}; the windows hold "
+                             f"{windows.exog.shape[2]}")
+        values = windows.exog.reshape(-1, windows.exog.shape[2]).astype(np.float64)
+        with torch.no_grad():
+            model.head.exog_mean.copy_(torch.from_numpy(values.mean(axis=0)))
+            std = values.std(axis=0)
+            model.head.exog_std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))  # a constant column: unscaled
     errors = [forecast_errors(seasonal_naive(windows.x, model.args.horizon, lag), windows.y, windows.mask,
                               windows.scale)["mae"] for lag in model.args.lags]
     best = int(np.argmin(errors))

@@ -92,7 +92,7 @@ def site_rows(name: str, splits: Splits, choice: str, given: dict[str, np.ndarra
         model.encoder.load_state_dict(pretrained.encoder.state_dict())
         starts[arm] = start_at_best(model, simple + ([given["train"]] if data is anchored else []), splits.train)
         fine_tune(model, divide(data)[0], replace(train, seed=round_seed(train.seed, name, -1)))
-        preds[arm] = {k: predict(model, getattr(data, k).x) for k in ("val", "test")}
+        preds[arm] = {k: predict(model, getattr(data, k).x, getattr(data, k).exog) for k in ("val", "test")}
     judging = divide(splits)[1]
     decision = decide(window_mae(preds["pretrained_on_stat"]["val"], splits.val.y, splits.val.mask)[judging],
                       window_mae(given["val"], splits.val.y, splits.val.mask)[judging], margin=margin)

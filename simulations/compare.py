@@ -32,7 +32,7 @@ import torch
 
 from client.site import GUARD_FIGURES, Site, divide, model_scores, round_seed
 from shared.checkpoint import write_json
-from shared.config import Settings, frequency_defaults, parse_overrides
+from shared.config import Settings, covariates, frequency_defaults, parse_overrides
 from shared.data import Splits, Windows, seasons
 from shared.guard import evidence_warning
 from shared.metrics import METRICS
@@ -257,7 +257,8 @@ def write_all(args, out: Path, freq: str, histories: list[int], spacing: int, ar
 def read_setup(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, dict]:
     """(sites' data, the frequency's defaults, the run config of every arm) of the command's options."""
     base = {"data-path": str(Path(args.data).resolve()) if args.data else "", "site-column": args.site_column}
-    frame = read_sites(Settings.from_config(base).data)
+    overrides = parse_overrides(args.set)
+    frame = read_sites(Settings.from_config(base).data, covariates(overrides))
     if args.max_sites:
         keep = sorted(frame["site"].unique())[: args.max_sites]
         frame = _with_attrs(frame[frame["site"].isin(keep)].reset_index(drop=True), frame.attrs)
@@ -266,7 +267,7 @@ def read_setup(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, dict]:
               "test-size": args.test_size, "stride": args.stride}
     config = {**defaults, **{k: v for k, v in chosen.items() if v is not None}}
     config |= {"num-server-rounds": args.rounds, "seed": args.seed, "cache-dir": str(APP_DIR / ".cache"),
-               "site-column": "site", "min-train-nodes": frame["site"].nunique()} | parse_overrides(args.set)
+               "site-column": "site", "min-train-nodes": frame["site"].nunique()} | overrides
     Settings.checked(config)
     return frame, defaults, config
 

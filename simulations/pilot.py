@@ -26,7 +26,7 @@ from pathlib import Path
 
 from client.supernode import DEFAULT_POLL
 from server.credentials import generate
-from shared.config import DataArgs, Settings, frequency_defaults, parse_overrides, read_args
+from shared.config import DataArgs, Settings, covariates, frequency_defaults, parse_overrides, read_args
 from shared.data import seasons
 from shared.sites import read_sites
 from simulations.runner import (APP_DIR, QUIET_ENV, RunError, exit_on_sigterm, flwr_run, free_port, print_summary,
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
         data = read_args(DataArgs, {"data-path": str(Path(args.data).resolve()) if args.data else "",
                                     "site-column": args.site_column, "demo-sites": args.sites} | overrides)
-        frame = read_sites(data)
+        frame = read_sites(data, covariates(overrides))
         freq = frame.attrs["freq"]
         run_config = {**frequency_defaults(seasons(freq)), **overrides, "out-dir": str(out / "server"),
                       "cache-dir": str(APP_DIR / ".cache"), "min-train-nodes": frame["site"].nunique(),

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.config import DataArgs, Settings, frequency_defaults, parse_overrides, read_args
+from shared.config import DataArgs, Settings, covariates, frequency_defaults, parse_overrides, read_args
 from shared.data import seasons
 from shared.sites import read_sites
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, print_summary, run_app
@@ -26,7 +26,7 @@ def plan(data_path: str, site_column: str, overrides: dict[str, str]) -> tuple[d
     """Run config and site names: the data's frequency defaults, then the user's overrides."""
     run_config: dict = {"data-path": str(Path(data_path).resolve()) if data_path else "", "site-column": site_column}
     data = read_args(DataArgs, run_config | overrides)
-    frame = read_sites(data)
+    frame = read_sites(data, covariates(overrides))
     freq = frame.attrs["freq"]
     defaults = frequency_defaults(seasons(freq))
     run_config |= defaults | overrides
