@@ -59,7 +59,8 @@ class StatAnchored(Forecaster):
         super().__init__(args)
         self.head.mix = torch.nn.Parameter(torch.zeros(len(args.lags) + 1, args.horizon))
 
-    def forward_normalized(self, xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_normalized(self, xg: torch.Tensor, exog: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, given = xg[:, : self.args.lookback], xg[:, self.args.lookback:]
         z, mean, std = normalize(x)
         simple = torch.cat([z[:, self.simple_index], ((given - mean) / std)[:, None]], dim=1)
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         frame, config, cutoffs = plan(args)
         settings = Settings.checked({**config, "cache-dir": str(APP_DIR / ".cache"), **parse_overrides(args.set)})
+        if settings.model.futr_exog:
+            raise ValueError("the anchored check does not read covariates: run it without futr-exog")
     except ValueError as exc:  # bad data (DataError) or run config: the message names the file, key or series
         raise SystemExit(f"error: {exc}") from None
     torch.set_num_threads(1)
