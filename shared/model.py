@@ -36,6 +36,8 @@ class ModelArgs:
     head_features: str = "all"  # what the head's correction reads: "all" tokens flattened, or their "mean"
     futr_exog: tuple[str, ...] = ()  # known-ahead covariates (columns of the data): their values at the last
     # input point and over the horizon feed the shared encoder's known-ahead correction
+    known_hidden: int = 0  # 0: that correction is linear per step; N: plus an MLP of N units over the
+    # covariates and the normalised window (interactions, e.g. wind clearing what has built up)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lags", tuple(int(lag) for lag in self.lags))
@@ -48,6 +50,8 @@ class ModelArgs:
             raise ValueError(f"lags {self.lags} must lie in 1..lookback ({self.lookback})")
         if self.head_features not in ("all", "mean"):
             raise ValueError(f"head_features must be 'all' or 'mean', not {self.head_features!r}")
+        if self.known_hidden < 0 or (self.known_hidden and not self.futr_exog):
+            raise ValueError(f"known_hidden {self.known_hidden}: must be >= 0, and 0 without futr_exog")
         reserved = {"unique_id", "ds", "y", "site", "observed"} & set(self.futr_exog)
         if reserved or len(set(self.futr_exog)) < len(self.futr_exog):
             raise ValueError(f"futr_exog {list(self.futr_exog)}: names must be distinct and not {sorted(reserved)}")
@@ -86,7 +90,7 @@ class PatchEncoder(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, args.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(args.d_model)
-        self.known = KnownAhead(len(args.futr_exog), args.horizon) if args.futr_exog else None
+        self.known = KnownAhead(args) if args.futr_exog else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         patches = z[:, -self.span:].unfold(-1, self.patch_len, self.patch_stride)  # [B, P, len]
@@ -99,20 +103,31 @@ class KnownAhead(nn.Module):
 
     Step h of the horizon adds a[c, h] * e[h, c] + b[c, h] * (e[h, c] - e[-1, c]) over the
     covariates c, where e holds the site-standardised covariates at the last input point (-1) and
-    over the horizon. It starts at zero; being part of the encoder, it is what the federation
+    over the horizon; with `known_hidden` N, plus a one-hidden-layer MLP (N units) of e and the
+    normalised window z. It starts at zero; being part of the encoder, it is what the federation
     learns of the covariates' effect, so a site with little history gets the others' estimate.
     """
 
-    def __init__(self, n_covariates: int, horizon: int):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        self.level = nn.Parameter(torch.zeros(n_covariates, horizon))
-        self.change = nn.Parameter(torch.zeros(n_covariates, horizon))
+        n, horizon = len(args.futr_exog), args.horizon
+        self.level = nn.Parameter(torch.zeros(n, horizon))
+        self.change = nn.Parameter(torch.zeros(n, horizon))
         self.bias = nn.Parameter(torch.zeros(horizon))
+        self.mlp = None
+        if args.known_hidden:
+            self.mlp = nn.Sequential(nn.Linear(n * (horizon + 1) + args.lookback, args.known_hidden), nn.GELU(),
+                                     nn.Dropout(args.dropout), nn.Linear(args.known_hidden, horizon))
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         ahead = e[:, 1:].transpose(1, 2)  # [B, C, H]
         change = ahead - e[:, :1].transpose(1, 2)
-        return (ahead * self.level + change * self.change).sum(dim=1) + self.bias
+        out = (ahead * self.level + change * self.change).sum(dim=1) + self.bias
+        if self.mlp is not None:
+            out = out + self.mlp(torch.cat([e.flatten(1), z], dim=1))
+        return out
 
 
 class ForecastHead(nn.Module):
@@ -168,7 +183,7 @@ class Forecaster(nn.Module):
             if exog is None or tuple(exog.shape) != want:
                 raise ValueError(f"the model reads covariates {list(self.args.futr_exog)}: expected them as "
                                  f"{list(want)}, got {None if exog is None else list(exog.shape)}")
-            out = out + self.encoder.known(self.head.standardize(exog))
+            out = out + self.encoder.known(self.head.standardize(exog), z)
         return out, mean, std
 
     def forward(self, x: torch.Tensor, exog: torch.Tensor | None = None) -> torch.Tensor:

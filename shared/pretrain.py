@@ -106,10 +106,11 @@ def initial_model(settings: Settings) -> tuple[Forecaster, dict]:
             raise ValueError(f"{fed.pretrained_path}: made for lookback {model.args.lookback}, horizon "
                              f"{model.args.horizon}; the run config asks for {wanted[0]}, {wanted[1]}")
         if settings.model.futr_exog and not model.args.futr_exog:
-            model = with_covariates(model, replace(model.args, futr_exog=settings.model.futr_exog))
+            model = with_covariates(model, replace(model.args, futr_exog=settings.model.futr_exog,
+                                                   known_hidden=settings.model.known_hidden))
         return model, {"source": fed.pretrained_path, **meta}
     pretrain_args = replace(settings.train, max_epochs=fed.pretrain_epochs, seed=fed.seed)
-    model, meta, path = cached_pretrain(fed.cache_dir, replace(settings.model, futr_exog=()), pretrain_args,
+    model, meta, path = cached_pretrain(fed.cache_dir, replace(settings.model, futr_exog=(), known_hidden=0), pretrain_args,
                                         fed.corpus_series, fed.corpus_length, fed.seed)
     return with_covariates(model, settings.model), {"source": str(path), **meta}
 
@@ -119,7 +120,7 @@ def with_covariates(pretrained: Forecaster, args: ModelArgs) -> Forecaster:
     with a known-ahead correction at zero (it is learned in the federation)."""
     if pretrained.args == args:
         return pretrained
-    if replace(pretrained.args, futr_exog=()) != replace(args, futr_exog=()):
+    if replace(pretrained.args, futr_exog=(), known_hidden=0) != replace(args, futr_exog=(), known_hidden=0):
         raise ValueError(f"pretrained model arguments {pretrained.args} do not match {args} beyond futr_exog")
     model = Forecaster(args)
     model.encoder.load_state_dict(pretrained.encoder.state_dict(), strict=False)

@@ -186,10 +186,16 @@ def _set_encoder_trainable(model: Forecaster, trainable: bool) -> None:
 
 
 def linear_probe(model: Forecaster, splits: Splits, args: TrainArgs) -> FitResult:
-    """Train the head only, the encoder frozen."""
+    """Train the head and the encoder's known-ahead correction (it reads the covariates, not the
+    transformer's features), the rest of the encoder frozen."""
     _set_encoder_trainable(model, False)
+    direct = list(model.head.parameters())
+    if model.encoder.known is not None:
+        direct += list(model.encoder.known.parameters())
+        for p in model.encoder.known.parameters():
+            p.requires_grad_(True)
     try:
-        return fit(model, [{"params": model.head.parameters(), "lr": args.lr}], splits, args, train_encoder=False)
+        return fit(model, [{"params": direct, "lr": args.lr}], splits, args, train_encoder=False)
     finally:
         _set_encoder_trainable(model, True)
 

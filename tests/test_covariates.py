@@ -22,13 +22,14 @@ from tests.conftest import TINY
 ARGS = Settings.from_config(TINY | {"futr-exog": "u"}).model  # lookback 48, horizon 12
 
 
-def driven(n_series: int = 2, length: int = 600, seed: int = 0) -> pd.DataFrame:
-    """Hourly series whose level follows a known covariate u (random, so no past value predicts it)."""
+def driven(n_series: int = 2, length: int = 600, seed: int = 0, effect=lambda u: 4 * u) -> pd.DataFrame:
+    """Hourly series whose level moves by effect(u) of a known covariate u (random, so no past value
+    predicts it)."""
     rng = np.random.default_rng(seed)
     frames = []
     for i in range(n_series):
         u = rng.normal(size=length)
-        y = 20 + 3 * np.sin(np.arange(length) * 2 * np.pi / 24) + 4 * u + rng.normal(scale=0.2, size=length)
+        y = 20 + 3 * np.sin(np.arange(length) * 2 * np.pi / 24) + effect(u) + rng.normal(scale=0.2, size=length)
         frames.append(pd.DataFrame({"site": "s0", "unique_id": f"s{i}",
                                     "ds": pd.date_range("2024-01-01", periods=length, freq="h"), "y": y, "u": u}))
     return pd.concat(frames, ignore_index=True)
@@ -76,6 +77,21 @@ def test_the_shared_correction_learns_what_the_covariate_does():
     assert model.head.state_dict().keys() == {"mix", "correction.weight", "correction.bias"}
 
 
+def test_known_hidden_learns_an_effect_the_linear_correction_cannot():
+    regular, _ = regularize(validate(driven(effect=lambda u: 4 * np.abs(u)), "test", covariates=("u",)))
+    splits = make_splits(regular, 48, 12, 96, 48, stride=12, covariates=("u",))
+    train = replace(Settings.from_config(TINY).train, max_epochs=100, steps_per_epoch=40, patience=15)
+    maes = {}
+    for hidden in (0, 32):
+        torch.manual_seed(0)
+        model = Forecaster(replace(ARGS, known_hidden=hidden))
+        anchor_head(model, splits.train)
+        fine_tune(model, splits, train)
+        maes[hidden] = evaluate(model, splits.test)["mae"]
+    assert maes[32] < 0.6 * maes[0], maes  # y moves by 4|u|: no step-wise linear term of u says how much
+    assert any(k.startswith("known.mlp.") for k in model.encoder.state_dict())  # shared, not in the head
+
+
 def test_only_the_encoder_leaves_a_site_and_the_site_keeps_its_covariate_statistics(tmp_path):
     site = Site.open("s0", validate(driven(), "test", covariates=("u",)), tmp_path / "state",
                      DataArgs(val_size=96, test_size=48, stride=12), SiteArgs(stat_models=""))
@@ -88,10 +104,11 @@ def test_only_the_encoder_leaves_a_site_and_the_site_keeps_its_covariate_statist
     assert kept["head.exog_std"].item() == pytest.approx(driven()["u"][:600 - 144].std(ddof=0), rel=0.1)
 
 
-def test_a_pretrained_encoder_without_covariates_starts_the_correction_at_zero():
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_a_pretrained_encoder_without_covariates_starts_the_correction_at_zero(hidden):
     torch.manual_seed(0)
     plain = Forecaster(replace(ARGS, futr_exog=()))
-    model = with_covariates(plain, ARGS)
+    model = with_covariates(plain, replace(ARGS, known_hidden=hidden))
     x = torch.randn(4, 48)
     exog = torch.randn(4, 13, 1)
     torch.testing.assert_close(model(x, exog), plain(x))
