@@ -42,7 +42,7 @@ from shared.model import Forecaster, ModelArgs
 from shared.train import TrainArgs, anchor_head, fine_tune
 from server.privacy import noise_for_epsilon
 from simulations.report import write_report
-from simulations.runner import APP_DIR, exit_on_sigterm, ray_head, run_app
+from simulations.runner import APP_DIR, RunError, exit_on_sigterm, ray_head, run_app
 
 FEDERATED_ARMS = {  # arm -> run-config overrides of the same App
     "federated": {},
@@ -132,8 +132,11 @@ def in_process_arms(settings: Settings, sites: list[Site], pretrained, workers: 
 
 
 def federated_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(last evaluation row per site, train rows) of a finished run."""
-    rows = json.loads((out_dir / "per_site.json").read_text())
+    """(last evaluation row per site, train rows) of a finished run; RunError if it left none."""
+    path = out_dir / "per_site.json"
+    if not path.exists():  # flwr run can end with code 0 when the simulation stops early
+        raise RunError(f"{out_dir}: the run ended without per-site results; see {out_dir / 'flower' / 'flwr-run.log'}")
+    rows = json.loads(path.read_text())
     last = {}
     for row in rows:
         if row["phase"] == "evaluate" and "error" not in row:
@@ -333,30 +336,33 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint = json.dumps([args.data, args.max_sites, arm_overrides, config], sort_keys=True, default=str)
     plan = [(history, index, cutoff) for history in histories
             for index, cutoff in enumerate(cutoff_times(frame, history, int(config["test-size"]), args.cutoffs, spacing))]
-    with ray_head():  # every simulation run of the comparison joins one Ray head
-        for history, index, cutoff in plan:
-            stamp = {"history": history, "cutoff": str(cutoff)}
-            work = out / "work" / f"h{history}-c{index}"
-            done = load_cutoff(work, fingerprint) if args.resume else None
-            if done is None:
-                log(f"history {history}, cutoff {index}: first test point {cutoff}", started)
-                part = window_slice(frame, cutoff, history, int(config["test-size"]))
-                shutil.rmtree(work, ignore_errors=True)  # an unfinished earlier attempt: start it afresh
-                result, guard, round_rows, seconds = run_cutoff(config, part, work, arm_overrides, started,
-                                                                sys.stdout if args.verbose else None)
-                done = {"fingerprint": fingerprint, "sites": int(part["site"].nunique()), "results": result,
-                        "guard": guard, "rounds": round_rows, "seconds": seconds}
-                write_json(work / "cutoff.json", done)
-            else:
-                log(f"history {history}, cutoff {index}: reusing {work / 'cutoff.json'}", started)
-            cutoff_rows.append({"index": index, **stamp, "sites": done["sites"]})
-            rows += [{**r, **stamp} for r in done["results"]]
-            guards += [{**g, **stamp} for g in done["guard"]]
-            rounds += [{**r, **stamp} for r in done["rounds"]]
-            for arm, sec in done["seconds"].items():
-                wall[arm] = wall.get(arm, 0.0) + sec
-            summary = write_all(args, out, freq, histories, spacing, arms, config, wall, started, len(plan),
-                                cutoff_rows, rows, guards, rounds)  # after every cutoff: progress survives a stop
+    try:
+        with ray_head():  # every simulation run of the comparison joins one Ray head
+            for history, index, cutoff in plan:
+                stamp = {"history": history, "cutoff": str(cutoff)}
+                work = out / "work" / f"h{history}-c{index}"
+                done = load_cutoff(work, fingerprint) if args.resume else None
+                if done is None:
+                    log(f"history {history}, cutoff {index}: first test point {cutoff}", started)
+                    part = window_slice(frame, cutoff, history, int(config["test-size"]))
+                    shutil.rmtree(work, ignore_errors=True)  # an unfinished earlier attempt: start it afresh
+                    result, guard, round_rows, seconds = run_cutoff(config, part, work, arm_overrides, started,
+                                                                    sys.stdout if args.verbose else None)
+                    done = {"fingerprint": fingerprint, "sites": int(part["site"].nunique()), "results": result,
+                            "guard": guard, "rounds": round_rows, "seconds": seconds}
+                    write_json(work / "cutoff.json", done)
+                else:
+                    log(f"history {history}, cutoff {index}: reusing {work / 'cutoff.json'}", started)
+                cutoff_rows.append({"index": index, **stamp, "sites": done["sites"]})
+                rows += [{**r, **stamp} for r in done["results"]]
+                guards += [{**g, **stamp} for g in done["guard"]]
+                rounds += [{**r, **stamp} for r in done["rounds"]]
+                for arm, sec in done["seconds"].items():
+                    wall[arm] = wall.get(arm, 0.0) + sec
+                summary = write_all(args, out, freq, histories, spacing, arms, config, wall, started, len(plan),
+                                    cutoff_rows, rows, guards, rounds)  # after every cutoff: progress survives a stop
+    except RunError as exc:  # a Flower run failed; the cutoffs finished before it are kept
+        raise SystemExit(f"error: {exc}\n(--resume reuses the cutoffs already finished)") from None
 
     for line in sorted(summary, key=lambda r: (r["history"], -r["median_skill"])):
         print(f"history {line['history']:>5}  {line['arm']:<22} median skill {line['median_skill']:+7.1%}  "

@@ -12,7 +12,8 @@ from shared.guard import SIGN_TEST_P, sign_test_p
 from shared.model import Forecaster
 from shared.sites import read_sites
 from shared.synthetic import demo_sites
-from simulations.compare import _tune_and_score, _with_attrs, fresh_head, in_process_arms, main
+from simulations.compare import _tune_and_score, _with_attrs, federated_rows, fresh_head, in_process_arms, main
+from simulations.runner import RunError
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.flower
@@ -98,3 +99,8 @@ def test_compare_refuses_an_unknown_run_config_key_before_any_arm_runs(tmp_path)
     with pytest.raises(SystemExit, match="error: unknown run-config keys guard-margn, lookbak"):
         main(["--out", str(tmp_path / "out"), "--set", "lookbak=24", "--set", "guard-margn=0.1"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_ended_without_results_is_an_error_naming_its_log(tmp_path):
+    with pytest.raises(RunError, match=r"ended without per-site results; see .*flower/flwr-run.log"):
+        federated_rows(tmp_path / "federated")

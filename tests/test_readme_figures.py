@@ -188,3 +188,20 @@ def test_known_ahead_mlp_table_matches_its_reports():
                                        round(100 * summary[arm]["mean_skill"], 1)], (label, arm)
         assert _percents(worst) == [round(100 * summary[arms[-1]]["worst_skill"], 1)], label
         assert report["config"]["mlp"] and report["config"]["history"] == int(re.search(r": (\d+) h", label).group(1))
+
+
+def test_known_ahead_product_table_matches_its_reports():
+    rows = _report_rows("**The product with a perfect weather forecast**")
+    assert len(rows) == 4
+    for (label, hidden, federated, served, shares, worst, chosen), report in rows:
+        summary = {s["arm"]: s for s in report["summary"]}
+        assert report["config"]["histories"] == [int(re.search(r": (\d+) h", label).group(1))], label
+        assert report["config"]["run_config"]["futr-exog"] == "TEMP,PRES,DEWP,RAIN,WSPM", label
+        assert int(report["config"]["run_config"].get("known-hidden", 0)) == int(hidden), label
+        assert _percents(federated) == [round(100 * summary["federated"]["median_skill"], 1)], label
+        assert _percents(served) == [round(100 * summary["served"]["median_skill"], 1)], label
+        assert _percents(shares) == [round(100 * summary["served"]["share_better"]),
+                                     round(100 * summary["served"]["share_worse"])], label
+        assert _percents(worst) == [round(100 * summary["served"]["worst_skill"], 1)], label
+        served_federated = sum(g["serve"] == "federated" for g in report["guard"])
+        assert chosen == f"{served_federated} of {len(report['guard'])}", label
