@@ -11,7 +11,7 @@ Accurate Time-Series Forecasting against Distribution Shift" (RevIN), ICLR 2022.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -55,6 +55,10 @@ class ModelArgs:
         reserved = {"unique_id", "ds", "y", "site", "observed"} & set(self.futr_exog)
         if reserved or len(set(self.futr_exog)) < len(self.futr_exog):
             raise ValueError(f"futr_exog {list(self.futr_exog)}: names must be distinct and not {sorted(reserved)}")
+
+    def without_covariates(self) -> ModelArgs:
+        """The same model without the known-ahead correction (what the pretraining corpus can train)."""
+        return replace(self, futr_exog=(), known_hidden=0)
 
     @property
     def n_patches(self) -> int:

@@ -110,7 +110,7 @@ def initial_model(settings: Settings) -> tuple[Forecaster, dict]:
                                                    known_hidden=settings.model.known_hidden))
         return model, {"source": fed.pretrained_path, **meta}
     pretrain_args = replace(settings.train, max_epochs=fed.pretrain_epochs, seed=fed.seed)
-    model, meta, path = cached_pretrain(fed.cache_dir, replace(settings.model, futr_exog=(), known_hidden=0), pretrain_args,
+    model, meta, path = cached_pretrain(fed.cache_dir, settings.model.without_covariates(), pretrain_args,
                                         fed.corpus_series, fed.corpus_length, fed.seed)
     return with_covariates(model, settings.model), {"source": str(path), **meta}
 
@@ -120,7 +120,7 @@ def with_covariates(pretrained: Forecaster, args: ModelArgs) -> Forecaster:
     with a known-ahead correction at zero (it is learned in the federation)."""
     if pretrained.args == args:
         return pretrained
-    if replace(pretrained.args, futr_exog=(), known_hidden=0) != replace(args, futr_exog=(), known_hidden=0):
+    if pretrained.args.without_covariates() != args.without_covariates():
         raise ValueError(f"pretrained model arguments {pretrained.args} do not match {args} beyond futr_exog")
     model = Forecaster(args)
     model.encoder.load_state_dict(pretrained.encoder.state_dict(), strict=False)

@@ -191,9 +191,7 @@ def linear_probe(model: Forecaster, splits: Splits, args: TrainArgs) -> FitResul
     _set_encoder_trainable(model, False)
     direct = list(model.head.parameters())
     if model.encoder.known is not None:
-        direct += list(model.encoder.known.parameters())
-        for p in model.encoder.known.parameters():
-            p.requires_grad_(True)
+        direct += list(model.encoder.known.requires_grad_(True).parameters())
     try:
         return fit(model, [{"params": direct, "lr": args.lr}], splits, args, train_encoder=False)
     finally:

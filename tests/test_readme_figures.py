@@ -137,18 +137,24 @@ def _report_rows(marker: str) -> list[tuple[list[str], dict]]:
     return rows
 
 
+def _check_served_row(label, federated, served, shares, worst, chosen, report: dict) -> None:
+    """A row's federated and served medians, served better / worse shares and worst site, and how
+    many site-cutoffs the guard served the federated model, against its comparison report."""
+    summary = {s["arm"]: s for s in report["summary"]}
+    assert _percents(federated) == [round(100 * summary["federated"]["median_skill"], 1)], label
+    assert _percents(served) == [round(100 * summary["served"]["median_skill"], 1)], label
+    assert _percents(shares) == [round(100 * summary["served"]["share_better"]),
+                                 round(100 * summary["served"]["share_worse"])], label
+    assert _percents(worst) == [round(100 * summary["served"]["worst_skill"], 1)], label
+    served_federated = sum(g["serve"] == "federated" for g in report["guard"])
+    assert chosen == f"{served_federated} of {len(report['guard'])}", label
+
+
 def test_more_history_table_matches_its_reports():
     rows = _report_rows("**The product with more history**")
     assert len(rows) == 3
     for (label, federated, served, shares, worst, chosen), report in rows:
-        summary = {s["arm"]: s for s in report["summary"]}
-        assert _percents(federated) == [round(100 * summary["federated"]["median_skill"], 1)], label
-        assert _percents(served) == [round(100 * summary["served"]["median_skill"], 1)], label
-        assert _percents(shares) == [round(100 * summary["served"]["share_better"]),
-                                     round(100 * summary["served"]["share_worse"])], label
-        assert _percents(worst) == [round(100 * summary["served"]["worst_skill"], 1)], label
-        served_federated = sum(g["serve"] == "federated" for g in report["guard"])
-        assert chosen == f"{served_federated} of {len(report['guard'])}", label
+        _check_served_row(label, federated, served, shares, worst, chosen, report)
 
 
 def test_stat_anchor_table_matches_its_reports():
@@ -194,14 +200,7 @@ def test_known_ahead_product_table_matches_its_reports():
     rows = _report_rows("**The product with a perfect weather forecast**")
     assert len(rows) == 4
     for (label, hidden, federated, served, shares, worst, chosen), report in rows:
-        summary = {s["arm"]: s for s in report["summary"]}
         assert report["config"]["histories"] == [int(re.search(r": (\d+) h", label).group(1))], label
         assert report["config"]["run_config"]["futr-exog"] == "TEMP,PRES,DEWP,RAIN,WSPM", label
         assert int(report["config"]["run_config"].get("known-hidden", 0)) == int(hidden), label
-        assert _percents(federated) == [round(100 * summary["federated"]["median_skill"], 1)], label
-        assert _percents(served) == [round(100 * summary["served"]["median_skill"], 1)], label
-        assert _percents(shares) == [round(100 * summary["served"]["share_better"]),
-                                     round(100 * summary["served"]["share_worse"])], label
-        assert _percents(worst) == [round(100 * summary["served"]["worst_skill"], 1)], label
-        served_federated = sum(g["serve"] == "federated" for g in report["guard"])
-        assert chosen == f"{served_federated} of {len(report['guard'])}", label
+        _check_served_row(label, federated, served, shares, worst, chosen, report)
