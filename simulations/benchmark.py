@@ -35,13 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     name, extra = argv[0], argv[1:]
-    data = Path(PRESETS[name][1])
-    if not data.exists():
-        print(f"{data} not found: the benchmarks need ../shared/data beside the project", file=sys.stderr)
-        return 1
+    preset = PRESETS[name]
+    if "--data" in extra:  # the user's data replace the preset's, which then need not exist
+        preset = preset[2:]
+    else:
+        data = Path(preset[1])
+        if not data.exists():
+            print(f"{data} not found: the benchmarks need ../shared/data beside the project", file=sys.stderr)
+            return 1
     if "--out" not in extra:
         extra += ["--out", str(APP_DIR / "runs" / f"benchmark-{name}")]
-    args = PRESETS[name] + extra
+    args = preset + extra
     print("python -m simulations.compare " + " ".join(args), flush=True)
     return compare(args)
 
