@@ -14,7 +14,6 @@ With a state key (shared.sealing), every one of these files is sealed with it: u
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,21 +25,15 @@ from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import load_encoder, load_torch, read_json, save_model, write_atomic, write_json
 from shared.config import DataArgs, SiteArgs
 from shared.data import GapReport, Splits, Windows, make_splits, regularize, season_length
-from shared.guard import decide
-from shared.metrics import forecast_errors, window_mae
+from shared.guard import GUARD_FIGURES, decide, divide
+from shared.scoring import model_scores, scores
 from shared.model import Forecaster, ModelArgs
 from shared.statistical import frame_n_train, statistical_predictions
-from shared.train import TrainArgs, anchor_head, body_update, fine_tune, linear_probe, predict, train_scratch
+from shared.config import TrainArgs
+from shared.train import anchor_head, body_update, fine_tune, linear_probe, round_seed, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
 HEADS_KEPT = 4  # phases of head history kept in heads.pt
-# the guard's figures an evaluate reply carries (as "guard:<name>"), each a GuardDecision field
-GUARD_FIGURES = ("val-mae-federated", "val-mae-alone", "val-win-share", "windows", "sign-p")
-
-
-def round_seed(seed: int, site: str, server_round: int) -> int:
-    """A seed per (run seed, site, round), stable across processes (unlike hash())."""
-    return zlib.crc32(f"{seed}/{site}/{server_round}".encode())
 
 
 def step(server_round: int, phase: str) -> int:
@@ -50,34 +43,6 @@ def step(server_round: int, phase: str) -> int:
 
 def _with_seed(train: TrainArgs, seed: int, **changes) -> TrainArgs:
     return replace(train, seed=seed, **changes)
-
-
-def divide(splits: Splits) -> tuple[Splits, np.ndarray]:
-    """(fit, judging): the validation windows alternate by origin between two roles.
-
-    `fit` (windows at even origins as its validation) steers training: early stopping and the
-    local-only learning rate. `judging` marks the windows at odd origins, on which the guard
-    compares the federated model with alone_best: a model's early stopping never saw them, so its
-    error there is not optimistic, and both halves span the whole validation period. Choosing
-    alone_best uses every validation window (the simple and statistical options never train on
-    validation, and halving an already short period made that choice much noisier).
-    """
-    origins = np.unique(splits.val.origin)
-    judging = np.searchsorted(origins, splits.val.origin) % 2 == 1
-    return Splits(splits.train, splits.val.subset(~judging), splits.test), judging
-
-
-def scores(val_pred: np.ndarray, test_pred: np.ndarray, splits: Splits) -> dict:
-    """An option's validation and test errors, with per-window validation MAE for the guard."""
-    return {
-        "val": forecast_errors(val_pred, splits.val.y, splits.val.mask, splits.val.scale),
-        "test": forecast_errors(test_pred, splits.test.y, splits.test.mask, splits.test.scale),
-        "val_windows": window_mae(val_pred, splits.val.y, splits.val.mask).tolist(),
-    }
-
-
-def model_scores(model: Forecaster, splits: Splits) -> dict:
-    return scores(predict(model, splits.val.x, splits.val.exog), predict(model, splits.test.x, splits.test.exog), splits)
 
 
 @dataclass

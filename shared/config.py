@@ -6,7 +6,24 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from shared.model import ModelArgs
-from shared.train import TrainArgs
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Optimisation settings shared by every fit."""
+
+    lr: float = 3e-3  # head learning rate (AdamW)
+    encoder_lr_ratio: float = 0.3  # the shared encoder moves slower than the private head
+    batch_size: int = 64  # ~27 ms a step on one CPU thread with the default model
+    max_epochs: int = 50  # upper bound; early stopping usually ends a fit sooner
+    patience: int = 5  # epochs without validation improvement before stopping
+    steps_per_epoch: int = 25  # an "epoch" is this many batches (cycling through the windows): small sites
+    # get as many steps as big ones before early stopping can end a fit
+    weight_decay: float = 1e-4  # AdamW
+    seed: int = 0  # shuffling and dropout; sites derive theirs from it, the site and the round
+    local_epochs: int = 0  # a federated round's local update: 0 = early-stopped like any other fit (no
+    # update when no epoch beats the start); N = the head early-stopped, then exactly N epochs of the
+    # encoder alone, kept as they end (FedRep's body update)
 
 
 @dataclass(frozen=True)

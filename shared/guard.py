@@ -7,8 +7,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from shared.data import Splits
+
 SIGN_TEST_P = 0.1  # the federated model's wins must be this unlikely if it were no better than alone
 MIN_WINDOWS = math.ceil(math.log2(1 / SIGN_TEST_P))  # 4: fewer windows cannot pass, even all won
+# the guard's figures an evaluate reply carries (as "guard:<name>"), each a GuardDecision field
+GUARD_FIGURES = ("val-mae-federated", "val-mae-alone", "val-win-share", "windows", "sign-p")
 
 
 def sign_test_p(wins: int, windows: int) -> float:
@@ -17,7 +21,7 @@ def sign_test_p(wins: int, windows: int) -> float:
 
 
 def judging_origins(val_size: int, horizon: int, stride: int) -> int:
-    """Validation origins per series that judge: every other one (client.site.divide)."""
+    """Validation origins per series that judge: every other one (divide)."""
     origins = (val_size - horizon) // stride + 1 if val_size >= horizon else 0
     return origins // 2
 
@@ -68,3 +72,18 @@ def decide(federated: np.ndarray, alone: np.ndarray, margin: float = 0.02, max_p
     p = sign_test_p(wins, len(federated))
     serve = "federated" if fed_mae <= (1.0 - margin) * alone_mae and p <= max_p else "alone_best"
     return GuardDecision(serve, fed_mae, alone_mae, wins / len(federated), len(federated), p, margin)
+
+
+def divide(splits: Splits) -> tuple[Splits, np.ndarray]:
+    """(fit, judging): the validation windows alternate by origin between two roles.
+
+    `fit` (windows at even origins as its validation) steers training: early stopping and the
+    local-only learning rate. `judging` marks the windows at odd origins, on which the guard
+    compares the federated model with alone_best: a model's early stopping never saw them, so its
+    error there is not optimistic, and both halves span the whole validation period. Choosing
+    alone_best uses every validation window (the simple and statistical options never train on
+    validation, and halving an already short period made that choice much noisier).
+    """
+    origins = np.unique(splits.val.origin)
+    judging = np.searchsorted(origins, splits.val.origin) % 2 == 1
+    return Splits(splits.train, splits.val.subset(~judging), splits.test), judging

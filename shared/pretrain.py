@@ -15,7 +15,8 @@ from shared.config import Settings
 from shared.data import Splits, Windows, read_long, regularize
 from shared.model import Forecaster, ModelArgs
 from shared.synthetic import kernel_synth
-from shared.train import TrainArgs, anchor_head, train_scratch
+from shared.config import TrainArgs
+from shared.train import anchor_head, train_scratch
 
 VAL_SHARE = 0.1  # share of corpus series held out (whole series) for early stopping
 RECIPE = 2  # part of the cache key: raise it when pretraining code changes what it makes

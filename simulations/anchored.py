@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from client.site import divide, round_seed
+from shared.guard import divide
 from shared.baselines import seasonal_naive
 from shared.checkpoint import write_json
 from shared.config import Settings, parse_overrides
@@ -43,7 +43,8 @@ from shared.guard import decide
 from shared.metrics import window_mae
 from shared.model import Forecaster, ModelArgs, normalize
 from shared.pretrain import initial_model
-from shared.train import TrainArgs, fine_tune, predict
+from shared.config import TrainArgs
+from shared.train import fine_tune, predict, round_seed
 from simulations.ceiling import mae, parse, plan, print_summary, site_choices, summarize
 from simulations.compare import window_slice
 from simulations.runner import APP_DIR

@@ -30,7 +30,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from client.site import GUARD_FIGURES, Site, divide, model_scores, round_seed
+from client.site import Site
+from shared.guard import GUARD_FIGURES, divide
+from shared.scoring import model_scores
 from shared.checkpoint import write_json
 from shared.config import Settings, covariates, frequency_defaults, parse_overrides
 from shared.data import Splits, Windows, seasons
@@ -39,7 +41,8 @@ from shared.metrics import METRICS
 from shared.pretrain import initial_model
 from shared.sites import read_sites
 from shared.model import Forecaster, ModelArgs
-from shared.train import TrainArgs, anchor_head, fine_tune
+from shared.config import TrainArgs
+from shared.train import anchor_head, fine_tune, round_seed
 from server.privacy import noise_for_epsilon
 from simulations.report import write_report
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, ray_head, run_app

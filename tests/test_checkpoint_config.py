@@ -12,7 +12,7 @@ import torch
 from shared.checkpoint import load_encoder, load_model, save_model, write_atomic
 from shared.config import DataArgs, FederationArgs, PrivacyArgs, Settings, SiteArgs, read_args, to_config
 from shared.model import Forecaster, ModelArgs
-from shared.train import TrainArgs
+from shared.config import TrainArgs
 
 ARGS = ModelArgs(lookback=48, horizon=12, patch_len=12, patch_stride=12, d_model=16, n_heads=2, n_layers=1,
                  d_ff=32, lags=(1, 24))

@@ -8,7 +8,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from client.app import app as client_app
-from client.site import GUARD_FIGURES
+from shared.guard import GUARD_FIGURES
 from shared import wire
 from shared.model import Forecaster
 from tests.conftest import TINY, encoder_content, flower_message

@@ -7,7 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from client.site import Site, divide, round_seed
+from client.site import Site
+from shared.guard import divide
+from shared.train import round_seed
 from shared.guard import SIGN_TEST_P, sign_test_p
 from shared.model import Forecaster
 from shared.sites import read_sites

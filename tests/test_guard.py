@@ -7,7 +7,7 @@ import pytest
 import numpy as np
 import pandas as pd
 
-from client.site import divide
+from shared.guard import divide
 from shared.data import make_splits, regularize, validate
 from shared.guard import MIN_WINDOWS, decide, evidence_warning, judging_origins, sign_test_p
 

@@ -6,7 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from client.site import Site, divide, round_seed, step
+from client.site import Site, step
+from shared.guard import divide
+from shared.train import round_seed
 from shared.sites import read_sites, select_site
 from shared.data import DataError
 from shared.model import Forecaster
@@ -135,7 +137,7 @@ def test_guard_serves_a_federated_model_that_is_clearly_better(tiny_settings, tm
 
 
 def test_validation_windows_alternate_between_fitting_and_judging(tiny_settings, tmp_path):
-    from client.site import divide
+    from shared.guard import divide
 
     splits = _site(tiny_settings, tmp_path).splits(tiny_settings.model)
     fit, judging = divide(splits)

@@ -11,7 +11,8 @@ import torch
 
 from shared.data import make_splits, regularize, validate
 from shared.model import Forecaster, ModelArgs
-from shared.train import AdamW, TrainArgs, anchor_head, body_update, evaluate, fine_tune, linear_probe, train_scratch
+from shared.config import TrainArgs
+from shared.train import AdamW, anchor_head, body_update, evaluate, fine_tune, linear_probe, train_scratch
 
 ARGS = ModelArgs(lookback=48, horizon=12, patch_len=12, patch_stride=12, d_model=16, n_heads=2, n_layers=1,
                  d_ff=32, lags=(1, 24))
