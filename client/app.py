@@ -28,7 +28,7 @@ from shared.config import Settings
 from shared.model import ModelArgs
 from shared.sealing import load_state_key
 from shared.signing import verify_encoder
-from shared.sites import read_sites, select_site
+from shared.sites import open_slice
 
 app = ClientApp()
 
@@ -39,21 +39,25 @@ def open_site(context: Context, settings: Settings) -> Site:
     Deployment: the node config names `data-path` (the site's own file), `state-dir` and
     optionally `site-name` (when the file holds several sites). Simulation: the site at position
     `partition-id` among the sorted site names of the run's data, its state under `state-dir`.
-    Either way, a node config `state-key` (a file from `python -m client.state_key`) seals the state.
+    Either way, a node config `state-key` (a file from `python -m client.state_key`) seals the state. The
+    site's rows are kept in its state folder, so later messages read the data file only when it changed
+    (shared.sites.open_slice).
     """
     node = context.node_config
     torch.set_num_threads(int(node.get("torch-threads", 1)))
+    key = load_state_key(node["state-key"]) if node.get("state-key") else None
+    covariates = settings.model.futr_exog
     if "data-path" in node:
         if not node.get("state-dir"):
             raise ValueError("node config has data-path but no state-dir: name the folder for this site's state")
         data = replace(settings.data, data_path=str(node["data-path"]))
-        name, frame = select_site(read_sites(data, settings.model.futr_exog), data.data_path, name=node.get("site-name") or None)
-        state_dir = Path(str(node["state-dir"]))
+        name, frame, state_dir = open_slice(data, covariates, str(node["state-dir"]), key,
+                                            name=node.get("site-name") or None)
     else:
-        name, frame = select_site(read_sites(settings.data, settings.model.futr_exog), settings.data.data_path or "built-in demo data",
-                                  index=int(node["partition-id"]), expected_sites=int(node["num-partitions"]))
-        state_dir = Path(settings.federation.state_dir or Path(settings.federation.out_dir) / "sites") / name
-    key = load_state_key(node["state-key"]) if node.get("state-key") else None
+        root = settings.federation.state_dir or Path(settings.federation.out_dir) / "sites"
+        name, frame, state_dir = open_slice(settings.data, covariates, root, key, per_site=True,
+                                            index=int(node["partition-id"]),
+                                            expected_sites=int(node["num-partitions"]))
     return Site.open(name, frame, state_dir, settings.data, settings.site, key)
 
 
@@ -126,5 +130,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
     args, encoder, server_round, run = _unpack(msg, context, settings)
     site = open_site(context, settings)
-    metrics, info = site.evaluate_round(args, settings.train, encoder, server_round, settings.federation.exchange, run)
+    evaluation = site.evaluate_round(args, settings.train, encoder, server_round, settings.federation.exchange, run)
+    metrics, info = evaluation.to_reply()
     return _reply(msg, site, metrics, info=info, reports=reports_mode(context, settings))

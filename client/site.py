@@ -25,9 +25,10 @@ from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import load_encoder, load_torch, read_json, save_model, write_atomic, write_json
 from shared.config import DataArgs, SiteArgs
 from shared.data import GapReport, Splits, Windows, make_splits, regularize, season_length
-from shared.guard import GUARD_FIGURES, decide, divide
+from shared.guard import decide, divide
 from shared.scoring import model_scores, scores
 from shared.model import Forecaster, ModelArgs
+from shared.results import ArmScores, SiteEvaluation
 from shared.statistical import frame_n_train, statistical_predictions
 from shared.config import TrainArgs
 from shared.train import anchor_head, body_update, fine_tune, linear_probe, round_seed, train_scratch
@@ -151,12 +152,11 @@ class Site:
 
     def evaluate_round(self, args: ModelArgs, train: TrainArgs, received: dict[str, torch.Tensor],
                        server_round: int, exchange: str = "encoder", run: str = ""
-                       ) -> tuple[dict[str, float], dict[str, str]]:
+                       ) -> SiteEvaluation:
         """Score the federated model next to every alone option; decide what the site serves.
 
         exchange "encoder": the site personalises the global encoder (fine-tunes from it with its
         head) and that is its federated model. exchange "model": the global model as received.
-        Returns (metrics per arm, {"alone-choice", "serve"}).
         """
         splits = self.splits(args)
         fit, judging = divide(splits)
@@ -174,13 +174,8 @@ class Site:
                                                    **decision.to_dict()}, self.key)
         arms = {**alone["options"], "alone_best": best, "federated": federated,
                 "served": federated if decision.serve == "federated" else best}
-        metrics = {"num-examples": len(splits.test), "filled-points": self.gaps.filled,
-                   "guard:serve-federated": float(decision.serve == "federated"),
-                   **{f"guard:{k}": getattr(decision, k.replace("-", "_")) for k in GUARD_FIGURES}}
-        for arm, result in arms.items():
-            metrics[f"{arm}:val-mae"] = result["val"]["mae"]
-            metrics |= {f"{arm}:test-{k}": v for k, v in result["test"].items()}
-        return metrics, {"alone-choice": alone["best"], "serve": decision.serve}
+        return SiteEvaluation({arm: ArmScores.of(result) for arm, result in arms.items()}, decision,
+                              alone["best"], self.gaps.filled, len(splits.test))
 
     def alone(self, args: ModelArgs, train: TrainArgs, splits: Splits, fit: Splits) -> dict:
         """Every option the site has alone, scored, and the best on validation (cached in alone.json).

@@ -11,8 +11,6 @@ from shared.data import Splits
 
 SIGN_TEST_P = 0.1  # the federated model's wins must be this unlikely if it were no better than alone
 MIN_WINDOWS = math.ceil(math.log2(1 / SIGN_TEST_P))  # 4: fewer windows cannot pass, even all won
-# the guard's figures an evaluate reply carries (as "guard:<name>"), each a GuardDecision field
-GUARD_FIGURES = ("val-mae-federated", "val-mae-alone", "val-win-share", "windows", "sign-p")
 
 
 def sign_test_p(wins: int, windows: int) -> float:

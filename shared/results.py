@@ -1,43 +1,114 @@
-"""The per-site results table, from the evaluation rows the server recorded."""
+"""A site's evaluation as a typed record, its one codec to and from reply metrics, and the per-site table.
+
+An evaluate reply carries flat metrics (Flower's MetricRecord holds numbers under string keys) and
+a little text (a ConfigRecord). `SiteEvaluation.to_reply` builds them and `SiteEvaluation.from_row`
+reads them back (from a reply, or from a per_site.json row the server recorded); nothing else
+knows the key format:
+  "<arm>:val-mae", "<arm>:test-<metric>"   every arm the site scored (shared.metrics.METRICS)
+  "guard:<field>"                           the guard's figures (shared.guard.GuardDecision)
+  "filled-points", "num-examples"           gaps filled in its series, its test windows
+  text: "alone-choice", "serve"             its best alone option, what its guard serves
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from shared.guard import GuardDecision
+from shared.metrics import METRICS
+
+GUARD_PREFIX = "guard:"
+GUARD_FIELDS = tuple(f.name for f in fields(GuardDecision) if f.name != "serve")  # serve travels as text
 
 
-def arms_of(row: dict) -> list[str]:
-    """Arm names in an evaluation row (keys look like 'federated:test-mae')."""
-    return sorted({key.split(":")[0] for key in row if key.endswith(":test-mae")})
+def skill(mae: float, reference_mae: float) -> float:
+    """1 - mae / reference_mae: the share of the reference's error removed; NaN where the
+    reference has no error (a constant series forecast exactly), as no share of zero is defined."""
+    return 1.0 - mae / reference_mae if reference_mae > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class ArmScores:
+    """One arm's errors at a site: MAE on validation and every metric on test."""
+
+    val_mae: float
+    test: dict[str, float]
+
+    @classmethod
+    def of(cls, result: dict) -> ArmScores:
+        """From shared.scoring.scores()."""
+        return cls(float(result["val"]["mae"]), {m: float(result["test"][m]) for m in METRICS})
+
+
+@dataclass(frozen=True)
+class SiteEvaluation:
+    """What a site reports after an evaluation: every arm's errors and its guard's decision."""
+
+    arms: dict[str, ArmScores]  # the alone options, alone_best, federated, served
+    guard: GuardDecision
+    alone_choice: str
+    filled_points: int = 0
+    test_windows: int = 0
+
+    def to_reply(self) -> tuple[dict[str, float], dict[str, str]]:
+        """(metrics, text) of an evaluate reply."""
+        metrics = {"num-examples": self.test_windows, "filled-points": self.filled_points,
+                   **{GUARD_PREFIX + _kebab(name): float(getattr(self.guard, name)) for name in GUARD_FIELDS}}
+        for arm, score in self.arms.items():
+            metrics[f"{arm}:val-mae"] = score.val_mae
+            metrics |= {f"{arm}:test-{m}": v for m, v in score.test.items()}
+        return metrics, {"alone-choice": self.alone_choice, "serve": self.guard.serve}
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> SiteEvaluation | None:
+        """The evaluation in a reply's metrics and text (merged, as in a per_site.json row); None
+        when the site reported no figures (reports = minimal) or the row is an error."""
+        if "error" in row or "alone-choice" not in row:
+            return None
+        arms = sorted({key.split(":")[0] for key in row if key.endswith(":test-mae")})
+        guard = GuardDecision(serve=str(row["serve"]), **{
+            name: (int if name == "windows" else float)(row[GUARD_PREFIX + _kebab(name)]) for name in GUARD_FIELDS})
+        return cls({arm: ArmScores(float(row[f"{arm}:val-mae"]), {m: float(row[f"{arm}:test-{m}"]) for m in METRICS})
+                    for arm in arms}, guard, str(row["alone-choice"]), int(row.get("filled-points", 0)),
+                   int(row.get("num-examples", 0)))
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def site_table(rows: list[dict]) -> list[dict]:
-    """One row per site from its latest evaluation.
+    """One row per site from its latest evaluation in the server's per-site rows.
 
     `simple` is the best naive or seasonal-naive forecast on validation; `alone` the best of every
-    option the site has alone (simple, statistical, local-only) on validation; `gain` = 1 -
-    federated MAE / alone's test MAE, `served_gain` the same for what the guard serves.
+    option the site has alone (simple, statistical, local-only) on validation; `skill_vs_alone` =
+    1 - federated MAE / alone's test MAE, `served_skill_vs_alone` the same for what the guard serves
+    (NaN where alone's test MAE is 0).
     """
-    latest: dict[str, dict] = {}
+    latest: dict[str, tuple[int, SiteEvaluation]] = {}
     for row in rows:
-        if row["phase"] == "evaluate" and "error" not in row and arms_of(row):  # reports=minimal: no figures
-            latest[row["site"]] = row
+        if row["phase"] == "evaluate" and (evaluation := SiteEvaluation.from_row(row)) is not None:
+            latest[row["site"]] = (row["round"], evaluation)
     table = []
-    for site, row in sorted(latest.items()):
-        simple = min((a for a in arms_of(row) if a == "naive" or a.startswith("seasonal_naive")),
-                     key=lambda a: row[f"{a}:val-mae"])
-        alone_mae = row["alone_best:test-mae"]
+    for site, (server_round, ev) in sorted(latest.items()):
+        simple = min((a for a in ev.arms if a == "naive" or a.startswith("seasonal_naive")),
+                     key=lambda a: ev.arms[a].val_mae)
+        alone_mae = ev.arms["alone_best"].test["mae"]
         table.append({
             "site": site,
-            "round": row["round"],
+            "round": server_round,
             "simple": simple,
-            "simple_mae": row[f"{simple}:test-mae"],
-            "local_only_mae": row["local_only:test-mae"],
-            "alone": row["alone-choice"],
+            "simple_mae": ev.arms[simple].test["mae"],
+            "local_only_mae": ev.arms["local_only"].test["mae"],
+            "alone": ev.alone_choice,
             "alone_mae": alone_mae,
-            "federated_mae": row["federated:test-mae"],
-            "serve": row["serve"],
-            "gain": 1.0 - row["federated:test-mae"] / alone_mae,
-            "served_gain": 1.0 - row["served:test-mae"] / alone_mae,
+            "federated_mae": ev.arms["federated"].test["mae"],
+            "serve": ev.guard.serve,
+            "skill_vs_alone": skill(ev.arms["federated"].test["mae"], alone_mae),
+            "served_skill_vs_alone": skill(ev.arms["served"].test["mae"], alone_mae),
         })
     return table
 
@@ -45,13 +116,24 @@ def site_table(rows: list[dict]) -> list[dict]:
 def format_table(table: list[dict]) -> str:
     """Plain-text table for a terminal."""
     header = (f"{'site':<10} {'best simple (val)':>26} {'local-only':>10} {'alone best (val)':>27} "
-              f"{'federated':>9} {'gain':>7}  {'guard serves':<12} {'gain':>7}")
+              f"{'federated':>9} {'skill':>7}  {'guard serves':<12} {'skill':>7}")
     lines = [header, "-" * len(header)]
     for r in table:
         lines.append(f"{r['site']:<10} {r['simple']:>18} {r['simple_mae']:>7.3f} {r['local_only_mae']:>10.3f} "
-                     f"{r['alone']:>18} {r['alone_mae']:>8.3f} {r['federated_mae']:>9.3f} {r['gain']:>+7.1%}  "
-                     f"{r['serve']:<12} {r['served_gain']:>+7.1%}")
+                     f"{r['alone']:>18} {r['alone_mae']:>8.3f} {r['federated_mae']:>9.3f} "
+                     f"{_percent(r['skill_vs_alone'])}  {r['serve']:<12} {_percent(r['served_skill_vs_alone'])}")
     return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return f"{value:>+7.1%}" if math.isfinite(value) else f"{'n/a':>7}"
+
+
+def _median(values: list[float]) -> str:
+    defined = [v for v in values if math.isfinite(v)]
+    undefined = len(values) - len(defined)
+    text = f"{statistics.median(defined):+.1%}" if defined else "n/a"
+    return text + (f" ({undefined} site{'s' * (undefined > 1)} without: alone's test MAE is 0)" if undefined else "")
 
 
 def format_summary(summary: dict) -> str:
@@ -61,7 +143,7 @@ def format_summary(summary: dict) -> str:
     lines += [f"missing: {row['site']} in round {row['round']} ({row['phase']}): {row['error']}"
               for row in summary.get("missing", [])]
     if table:
-        lines.append(f"\nmedian gain over the best alone option: federated "
-                     f"{statistics.median(r['gain'] for r in table):+.1%}, served "
-                     f"{statistics.median(r['served_gain'] for r in table):+.1%}")
+        lines.append(f"\nmedian skill over the best alone option: federated "
+                     f"{_median([r['skill_vs_alone'] for r in table])}, served "
+                     f"{_median([r['served_skill_vs_alone'] for r in table])}")
     return "\n".join(lines)

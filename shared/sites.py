@@ -1,12 +1,24 @@
-"""The data set of a run (the user's file or the built-in demo sites) and one site's slice of it."""
+"""The data set of a run (the user's file or the built-in demo sites) and one site's slice of it, kept in the
+site's state folder so later messages need not read the file again."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
+import json
+from pathlib import Path
+
 import pandas as pd
 
+from shared.checkpoint import read_file, write_atomic
 from shared.config import DataArgs
 from shared.data import DataError, read_long, validate
+from shared.sealing import SealError, is_sealed
 from shared.synthetic import demo_sites
+
+RECIPE = 1  # part of a slice cache's key: raise it when reading or validating changes what a slice holds
+CACHE_PREFIX = "site-data-"  # a slice cache is CACHE_PREFIX + tag + ".parquet" in the site's state folder
 
 
 def read_sites(data: DataArgs, covariates: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -41,3 +53,65 @@ def select_site(frame: pd.DataFrame, source: str, index: int | None = None, name
     rows = frame[frame["site"] == name].reset_index(drop=True)
     rows.attrs = dict(frame.attrs)
     return name, rows
+
+
+def open_slice(data: DataArgs, covariates: tuple[str, ...], state: str | Path, key: bytes | None = None,
+               per_site: bool = False, index: int | None = None, name: str | None = None,
+               expected_sites: int | None = None) -> tuple[str, pd.DataFrame, Path]:
+    """One site's name, rows (select_site) and state folder, the rows cached in that folder.
+
+    state: the site's state folder, or with per_site the folder holding one state folder per site name.
+    key: the site's state key; the cache is sealed with it, and its file name is keyed by it too.
+    The cache of a data file's slice is found by a tag over the file's bytes (sha256) and every setting
+    that shapes the slice, so a changed file or setting reads the file again and replaces the cache.
+    The demo data is not cached: it is generated in tens of milliseconds at its default size (8 sites), and
+    from code, which no hash of a file would show changing.
+    """
+    state = Path(state)
+    if not data.data_path:
+        name, frame = select_site(read_sites(data, covariates), "built-in demo data", index, name, expected_sites)
+        return name, frame, (state / name if per_site else state)
+    try:
+        with open(data.data_path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise DataError(f"cannot read {data.data_path}: {e}") from e
+    shape = [RECIPE, digest, data.data_path, data.site_column, data.freq, list(covariates), index, name,
+             expected_sites]
+    file = f"{CACHE_PREFIX}{hmac.new(key or b'', json.dumps(shape).encode(), 'sha256').hexdigest()[:32]}.parquet"
+    for path in (sorted(state.glob(f"*/{file}")) if per_site else [state / file]):
+        if path.exists() and (frame := _cached(path, key, covariates)) is not None:
+            return frame["site"].iloc[0], frame, path.parent
+    name, frame = select_site(read_sites(data, covariates), data.data_path, index, name, expected_sites)
+    folder = state / name if per_site else state
+    _store(folder, file, frame, key)
+    return name, frame, folder
+
+
+def _cached(path: Path, key: bytes | None, covariates: tuple[str, ...]) -> pd.DataFrame | None:
+    """The slice cached in `path`, or None after a warning naming it if it cannot be read. The cache is derived
+    data, so a damaged one is read again from the data file rather than stopping the site."""
+    try:
+        frame = pd.read_parquet(io.BytesIO(read_file(path, key)))
+        if list(frame.columns) != ["site", "unique_id", "ds", "y", *covariates] or frame.empty \
+                or "freq" not in frame.attrs:
+            raise ValueError("not a site's slice")
+    except (ValueError, OSError) as e:  # SealError and pyarrow's errors are among these
+        print(f"warning: {path}: unreadable cache of the site's data ({e}); reading the data file again", flush=True)
+        return None
+    return frame
+
+
+def _store(folder: Path, file: str, frame: pd.DataFrame, key: bytes | None) -> None:
+    """Write the slice as folder/file (sealed with `key`), then remove the folder's other slice caches.
+
+    Without a key, a folder whose cache is sealed is refused: it would hold the site's data in plain."""
+    older = [path for path in folder.glob(f"{CACHE_PREFIX}*.parquet") if path.name != file]
+    for path in older:
+        with open(path, "rb") as f:
+            if key is None and is_sealed(f.read(32)):
+                raise SealError(f"{path}: sealed with a site's state key; give that key to open this site "
+                                "(the site's node config state-key)")
+    write_atomic(folder / file, frame.to_parquet, key)
+    for path in older:
+        path.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from client.site import Site
-from shared.guard import GUARD_FIGURES, divide
+from shared.guard import divide
 from shared.scoring import model_scores
 from shared.checkpoint import write_json
 from shared.config import Settings, covariates, frequency_defaults, parse_overrides
@@ -39,6 +39,7 @@ from shared.data import Splits, Windows, seasons
 from shared.guard import evidence_warning
 from shared.metrics import METRICS
 from shared.pretrain import initial_model
+from shared.results import SiteEvaluation, skill
 from shared.sites import read_sites
 from shared.model import Forecaster, ModelArgs
 from shared.config import TrainArgs
@@ -47,20 +48,29 @@ from server.privacy import noise_for_epsilon
 from simulations.report import write_report
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, ray_head, run_app
 
-FEDERATED_ARMS = {  # arm -> run-config overrides of the same App
-    "federated": {},
-    "federated_scratch": {"init": "random"},
-    "fedavg_global": {"exchange": "model"},
+@dataclass(frozen=True)
+class FederatedArm:
+    """A run of the App through Flower: its run-config overrides, and which of the arms each site
+    scores it reports under which name (None: every arm a site scores, under its own name)."""
+
+    overrides: dict
+    reports: dict[str, str] | None
+
+
+FEDERATED_ARMS = {
+    "federated": FederatedArm({}, None),  # the product; the sites also score every alone option and served
+    "federated_scratch": FederatedArm({"init": "random"}, {"federated": "federated_scratch"}),
+    "fedavg_global": FederatedArm({"exchange": "model"}, {"federated": "fedavg_global"}),
 }
-
-
 IN_PROCESS_ARMS = ("pretrained_zero_shot", "pretrained_only", "pooled_oracle")
 
 
-def dp_arms(epsilons: list[float], rounds: int, delta: float) -> dict[str, dict]:
-    """`federated_dp_eps<ε>` arms: the product with central DP, its noise calibrated to spend ε over the rounds."""
-    return {f"federated_dp_eps{e:g}": {"dp": "central", "dp-noise": noise_for_epsilon(e, rounds, delta),
-                                        "dp-delta": delta, "dp-epsilon-budget": e} for e in epsilons}
+def dp_arms(epsilons: list[float], rounds: int, delta: float) -> dict[str, FederatedArm]:
+    """The product with central DP, its noise calibrated to spend ε over the rounds: reported as
+    `federated_dp_eps<ε>` and `served_dp_eps<ε>` (what the guards serve with it)."""
+    return {f"federated_dp_eps{e:g}": FederatedArm(
+        {"dp": "central", "dp-noise": noise_for_epsilon(e, rounds, delta), "dp-delta": delta, "dp-epsilon-budget": e},
+        {"federated": f"federated_dp_eps{e:g}", "served": f"served_dp_eps{e:g}"}) for e in epsilons}
 
 
 def log(message: str, started: float) -> None:
@@ -134,28 +144,24 @@ def in_process_arms(settings: Settings, sites: list[Site], pretrained, workers: 
         pool.shutdown(cancel_futures=True)
 
 
-def federated_rows(out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(last evaluation row per site, train rows) of a finished run; RunError if it left none."""
+def federated_rows(out_dir: Path) -> tuple[dict[str, SiteEvaluation], list[dict]]:
+    """(each site's last evaluation, train rows) of a finished run; RunError if it left none."""
     path = out_dir / "per_site.json"
     if not path.exists():  # flwr run can end with code 0 when the simulation stops early
         raise RunError(f"{out_dir}: the run ended without per-site results; see {out_dir / 'flower' / 'flwr-run.log'}")
     rows = json.loads(path.read_text())
-    last = {}
-    for row in rows:
-        if row["phase"] == "evaluate" and "error" not in row:
-            last[row["site"]] = row
     missing = [r["site"] for r in rows if "error" in r]
     if missing:
         raise RuntimeError(f"{out_dir}: sites failed: {sorted(set(missing))}")
-    return list(last.values()), [r for r in rows if r["phase"] == "train"]
+    last = {r["site"]: SiteEvaluation.from_row(r) for r in rows if r["phase"] == "evaluate"}
+    return last, [r for r in rows if r["phase"] == "train"]
 
 
-def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict[str, dict | None], started: float,
-               stream) -> tuple[list[dict], list[dict], list[dict], dict[str, float]]:
+def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict[str, FederatedArm | None],
+               started: float, stream) -> tuple[list[dict], list[dict], list[dict], dict[str, float]]:
     """Every arm on one data slice: (result rows, guard rows, round rows, wall seconds per arm).
 
-    `arms`: arm -> run-config overrides for the federated arms, None for the in-process ones. A DP arm
-    `federated_dp_eps<ε>` also yields `served_dp_eps<ε>`, what the guards serve with it.
+    `arms`: the federated arms, and None for the in-process ones.
     """
     work.mkdir(parents=True, exist_ok=True)
     data_path = work / "data.parquet"
@@ -164,28 +170,20 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
     base = {**settings_config, "data-path": str(data_path), "alone-dir": str(work / "alone")}
     settings = Settings.from_config(base)
     results, guards, rounds, seconds = [], [], [], {}
-    for arm, overrides in ((a, o) for a, o in arms.items() if o is not None):
+    for arm, spec in ((a, s) for a, s in arms.items() if s is not None):
         t0 = time.monotonic()
         out = work / arm
-        run_app({**base, **overrides, "out-dir": str(out)}, n_sites, out / "flower", stream_to=stream)
+        run_app({**base, **spec.overrides, "out-dir": str(out)}, n_sites, out / "flower", label=f"  {arm}",
+                verbose=stream is not None)
         last, train_rows = federated_rows(out)
         seconds[arm] = time.monotonic() - t0
         log(f"  {arm}: {seconds[arm]:.0f} s", started)
         rounds += [{"arm": arm, "round": r["round"], "site": r["site"], "val_mae": r["val-mae"]} for r in train_rows]
-        for row in last:
-            if arm == "federated":  # every arm a site scores itself: alone options, federated, served
-                labels = {name: name for name in sorted({k.split(":")[0] for k in row if ":test-" in k})}
-            elif arm.startswith("federated_dp"):
-                labels = {"federated": arm, "served": arm.replace("federated", "served", 1)}
-            else:
-                labels = {"federated": arm}
-            for name, label in labels.items():
-                results.append({"site": row["site"], "arm": label,
-                                **{m: row[f"{name}:test-{m}"] for m in METRICS}})
-            if arm == "federated":
-                guards.append({"site": row["site"], "serve": row["serve"], "alone_choice": row["alone-choice"],
-                               **{k.replace("-", "_"): row[f"guard:{k}"] for k in GUARD_FIGURES},
-                               "margin": settings.site.guard_margin})
+        for site, ev in last.items():
+            for name, label in (spec.reports or {a: a for a in ev.arms}).items():
+                results.append({"site": site, "arm": label, **ev.arms[name].test})
+            if spec.reports is None:
+                guards.append({"site": site, "alone_choice": ev.alone_choice, **ev.guard.to_dict()})
     local = [a for a in IN_PROCESS_ARMS if a in arms]
     if local:
         t0 = time.monotonic()
@@ -214,18 +212,22 @@ def summarize(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     alone = frame[frame["arm"] == "alone_best"].set_index(key)["mae"]
     local = frame[frame["arm"] == "local_only"].set_index(key)["mae"]
     index = pd.MultiIndex.from_frame(frame[key])
-    frame["skill_vs_alone"] = 1.0 - frame["mae"].to_numpy() / alone.reindex(index).to_numpy()
-    frame["gain_vs_local"] = 1.0 - frame["mae"].to_numpy() / local.reindex(index).to_numpy()
+    skills = np.vectorize(skill, otypes=[float])
+    frame["skill_vs_alone"] = skills(frame["mae"].to_numpy(), alone.reindex(index).to_numpy())
+    frame["gain_vs_local"] = skills(frame["mae"].to_numpy(), local.reindex(index).to_numpy())
     values = list(METRICS) + ["skill_vs_alone", "gain_vs_local"]
     per_site = frame.groupby(["site", "arm", "history"], sort=True)[values].mean().reset_index()
     per_site["cutoffs"] = frame.groupby(["site", "arm", "history"], sort=True).size().to_numpy()
     summary = []
     for (arm, history), g in per_site.groupby(["arm", "history"], sort=True):
-        skill = g["skill_vs_alone"].to_numpy()
-        summary.append({"arm": arm, "history": int(history), "median_skill": float(np.median(skill)),
-                        "mean_skill": float(skill.mean()), "share_better": float((skill > 0).mean()),
-                        "share_worse": float((skill < 0).mean()), "worst_skill": float(skill.min()),
-                        "sites": int(len(g))})
+        values = g["skill_vs_alone"].to_numpy()
+        defined = values[np.isfinite(values)]  # undefined where alone_best's test MAE is 0
+        if not len(defined):
+            defined = np.array([np.nan])
+        summary.append({"arm": arm, "history": int(history), "median_skill": float(np.median(defined)),
+                        "mean_skill": float(defined.mean()), "share_better": float((values > 0).mean()),
+                        "share_worse": float((values < 0).mean()), "worst_skill": float(defined.min()),
+                        "sites": int(len(g)), "skill_undefined": int((~np.isfinite(values)).sum())})
     return per_site.to_dict("records"), summary
 
 
@@ -319,15 +321,15 @@ def main(argv: list[str] | None = None) -> int:
         [int(config["lookback"]) + 4 * int(config["val-size"])]
     spacing = args.spacing or int(config["test-size"])
     epsilons = [float(e) for e in args.dp_epsilons.split(",")] if args.dp_epsilons else []
-    known = {**FEDERATED_ARMS, **{a: None for a in IN_PROCESS_ARMS}}
+    known: dict[str, FederatedArm | None] = {**FEDERATED_ARMS, **{a: None for a in IN_PROCESS_ARMS}}
     chosen_arms = list(known) if args.arms == "all" else args.arms.split(",")
     if unknown := sorted(set(chosen_arms) - set(known)):
         raise SystemExit(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-    arm_overrides = {a: known[a] for a in chosen_arms} | dp_arms(epsilons, args.rounds, args.dp_delta)
-    arms = list(arm_overrides)
-    for arm, overrides in arm_overrides.items():
-        if overrides and "dp-noise" in overrides:
-            log(f"{arm}: dp-noise {overrides['dp-noise']:.4g} spends ε {overrides['dp-epsilon-budget']:g} at "
+    arm_specs = {a: known[a] for a in chosen_arms} | dp_arms(epsilons, args.rounds, args.dp_delta)
+    arms = list(arm_specs)
+    for arm, spec in arm_specs.items():
+        if spec and "dp-noise" in spec.overrides:
+            log(f"{arm}: dp-noise {spec.overrides['dp-noise']:.4g} spends ε {spec.overrides['dp-epsilon-budget']:g} at "
                 f"δ {args.dp_delta:g} over {args.rounds} rounds", started)
     log(f"{args.data or 'built-in demo sites'}: frequency {freq}, {frame['site'].nunique()} sites; "
         f"histories {histories}; settings " + ", ".join(f"{k}={config[k]}" for k in defaults), started)
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, guards, rounds, cutoff_rows = [], [], [], []
     wall: dict[str, float] = {}
-    fingerprint = json.dumps([args.data, args.max_sites, arm_overrides, config], sort_keys=True, default=str)
+    fingerprint = json.dumps([args.data, args.max_sites, {a: spec and spec.overrides for a, spec in arm_specs.items()}, config], sort_keys=True, default=str)
     plan = [(history, index, cutoff) for history in histories
             for index, cutoff in enumerate(cutoff_times(frame, history, int(config["test-size"]), args.cutoffs, spacing))]
     try:
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"history {history}, cutoff {index}: first test point {cutoff}", started)
                     part = window_slice(frame, cutoff, history, int(config["test-size"]))
                     shutil.rmtree(work, ignore_errors=True)  # an unfinished earlier attempt: start it afresh
-                    result, guard, round_rows, seconds = run_cutoff(config, part, work, arm_overrides, started,
+                    result, guard, round_rows, seconds = run_cutoff(config, part, work, arm_specs, started,
                                                                     sys.stdout if args.verbose else None)
                     done = {"fingerprint": fingerprint, "sites": int(part["site"].nunique()), "results": result,
                             "guard": guard, "rounds": round_rows, "seconds": seconds}

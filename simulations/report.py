@@ -129,6 +129,10 @@ def _md_skill(summary: pd.DataFrame, per_site: pd.DataFrame) -> list[str]:
         g = summary[summary["history"] == h].sort_values("median_skill", ascending=False, na_position="last")
         rows = [[arm_label(r["arm"])] + [_pct(r.get(c)) for c in cols] + [_num(r.get("sites"), ".0f")] for _, r in g.iterrows()]
         out += [f"### History {h}", "", _table(["arm", "median", "mean", "better", "worse", "worst", "sites"], rows), ""]
+        undefined = int(g["skill_undefined"].fillna(0).max()) if "skill_undefined" in g else 0  # older reports lack it
+        if undefined:
+            out += [f"Skill is undefined at {undefined} site(s) of history {h}, where alone_best forecast the test "
+                    "period without error (a constant series); the medians leave them out.", ""]
     out += ["## Per site", "", "Skill versus the best alone option; alone_best MAE is the reference's own test MAE.", ""]
     arms = [a for a in KEY_ARMS if a in set(per_site["arm"])]
     for h in sorted(per_site["history"].dropna().unique()):

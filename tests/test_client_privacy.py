@@ -8,7 +8,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from client.app import app as client_app
-from shared.guard import GUARD_FIGURES
+from shared.results import GUARD_FIELDS
 from shared import wire
 from shared.model import Forecaster
 from tests.conftest import TINY, encoder_content, flower_message
@@ -63,7 +63,7 @@ def test_evaluate_reply_carries_no_arrays(tiny_settings, tmp_path):
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     # the guard's figures, as the site keeps them in its guard.json
     kept = json.loads((tmp_path / "sites" / "site01" / "guard.json").read_text())
-    assert {k: metrics[f"guard:{k}"] for k in GUARD_FIGURES} == {k: kept[k.replace("-", "_")] for k in GUARD_FIGURES}
+    assert {k: metrics[f"guard:{k.replace('_', '-')}"] for k in GUARD_FIELDS} == {k: kept[k] for k in GUARD_FIELDS}
 
 
 def test_deployment_node_needs_a_state_folder(tiny_settings, tmp_path):

@@ -70,19 +70,20 @@ def test_a_repeated_phase_starts_from_the_same_head_and_a_new_run_from_a_fresh_o
 def test_evaluation_reports_federated_next_to_every_alone_option(tiny_settings, tmp_path):
     site = _site(tiny_settings, tmp_path)
     args = tiny_settings.model
-    metrics, info = site.evaluate_round(args, tiny_settings.train, Forecaster(args).encoder.state_dict(), 1)
+    ev = site.evaluate_round(args, tiny_settings.train, Forecaster(args).encoder.state_dict(), 1)
     arms = ("naive", "seasonal_naive_24", "auto_ets", "auto_theta", "local_only", "alone_best", "federated", "served")
+    assert set(ev.arms) == set(arms)
     for arm in arms:
-        assert metrics[f"{arm}:val-mae"] > 0 and metrics[f"{arm}:test-mae"] > 0
+        assert ev.arms[arm].val_mae > 0 and ev.arms[arm].test["mae"] > 0
     alone = json.loads((site.state_dir / "alone.json").read_text())
-    assert info["alone-choice"] == alone["best"]
+    assert ev.alone_choice == alone["best"]
     # alone_best is the option with the lowest validation MAE, and its numbers are that option's
-    best = min(arms[:5], key=lambda a: metrics[f"{a}:val-mae"])
-    assert alone["best"] == best and metrics["alone_best:test-mae"] == metrics[f"{best}:test-mae"]
-    served = "federated" if info["serve"] == "federated" else "alone_best"
-    assert metrics["served:test-mae"] == metrics[f"{served}:test-mae"]
+    best = min(arms[:5], key=lambda a: ev.arms[a].val_mae)
+    assert alone["best"] == best and ev.arms["alone_best"] == ev.arms[best]
+    served = "federated" if ev.guard.serve == "federated" else "alone_best"
+    assert ev.arms["served"] == ev.arms[served]
     guard = json.loads((site.state_dir / "guard.json").read_text())
-    assert guard["serve"] == info["serve"] and guard["alone_choice"] == best
+    assert guard["serve"] == ev.guard.serve and guard["alone_choice"] == best
     assert (site.state_dir / "local_only.pt").exists()
 
 
@@ -113,10 +114,10 @@ def test_guard_falls_back_when_the_federated_model_is_clearly_worse(tiny_setting
     args = tiny_settings.model
     broken = Forecaster(args)
     torch.nn.init.constant_(broken.head.correction.bias, 25.0)  # 25 window standard deviations too high
-    metrics, info = site.evaluate_round(args, tiny_settings.train, broken.state_dict(), 1, exchange="model")
-    assert metrics["federated:val-mae"] > 2 * metrics["alone_best:val-mae"]
-    assert info["serve"] == "alone_best"
-    assert metrics["served:test-mae"] == metrics["alone_best:test-mae"]
+    ev = site.evaluate_round(args, tiny_settings.train, broken.state_dict(), 1, exchange="model")
+    assert ev.arms["federated"].val_mae > 2 * ev.arms["alone_best"].val_mae
+    assert ev.guard.serve == "alone_best"
+    assert ev.arms["served"] == ev.arms["alone_best"]
     assert json.loads((site.state_dir / "guard.json").read_text())["serve"] == "alone_best"
 
 
@@ -130,10 +131,10 @@ def test_guard_serves_a_federated_model_that_is_clearly_better(tiny_settings, tm
     oracle = Forecaster(args)
     cheat = Splits(train=splits.val, val=splits.val, test=splits.test)  # fitted on validation itself
     train_scratch(oracle, cheat, tiny_settings.train.__class__(max_epochs=30, steps_per_epoch=20, lr=0.01))
-    metrics, info = site.evaluate_round(args, tiny_settings.train, oracle.state_dict(), 1, exchange="model")
-    assert metrics["federated:val-mae"] < 0.9 * metrics["alone_best:val-mae"]
-    assert info["serve"] == "federated"
-    assert metrics["served:test-mae"] == metrics["federated:test-mae"]
+    ev = site.evaluate_round(args, tiny_settings.train, oracle.state_dict(), 1, exchange="model")
+    assert ev.arms["federated"].val_mae < 0.9 * ev.arms["alone_best"].val_mae
+    assert ev.guard.serve == "federated"
+    assert ev.arms["served"] == ev.arms["federated"]
 
 
 def test_validation_windows_alternate_between_fitting_and_judging(tiny_settings, tmp_path):
