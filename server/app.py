@@ -1,6 +1,7 @@
 """ServerApp: loads (or pretrains) the shared encoder and runs encoder-only FedAvg rounds.
 
 With `sign-key` (the coordinator's Ed25519 private key), every encoder it sends is signed for its round.
+With `dp = "central"` and `dp-epsilon`, the noise is calibrated here so that num-server-rounds spend that ε.
 With `secagg = true`, training rounds run under SecAgg+ (server.secagg): the server sees only the sum.
 
 Writes to `out-dir`: `global_encoder.pt` and `server_state.pt` after every round (server.rounds;
@@ -21,9 +22,9 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.grid import ShortPollGrid
-from server.privacy import DpStrategy, wrap_strategy
-from server.rounds import STATE_FILE, RunState, run_rounds
-from server.secagg import run_secagg_rounds
+from server.privacy import DpStrategy, calibrated, wrap_strategy
+from server.rounds import STATE_FILE, RoundLoop, RunState
+from server.secagg import SecAggTrain
 from server.strategy import EncoderFedAvg
 from shared import wire
 from shared.checkpoint import write_json
@@ -49,6 +50,12 @@ def main(grid: Grid, context: Context) -> None:
         raise ValueError(f"exchange must be 'encoder' or 'model', not {fed.exchange!r}")
     if fed.min_train_nodes < 1:
         raise ValueError("min-train-nodes must be at least 1")
+    privacy = calibrated(settings.privacy, fed.num_server_rounds)  # bad DP settings fail here, before pretraining
+    robust = [key for key, on in (("aggregation", fed.aggregation != "fedavg"), ("clip-update-norm", fed.clip_update_norm),
+                                  ("max-update-norm", fed.max_update_norm and privacy.secagg)) if on]
+    if robust and (privacy.secagg or privacy.dp == "central"):
+        raise ValueError(f"{', '.join(robust)} cannot apply with {'secagg' if privacy.secagg else 'dp = central'}: "
+                         "SecAgg+ gives the server only the weighted sum, central DP its own clipped mean")
     sign_key = settings.privacy.sign_key
     sign = partial(sign_encoder, load_private_key(sign_key)) if sign_key else None  # a bad key fails here
     out = Path(fed.out_dir)
@@ -56,6 +63,9 @@ def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     if fed.resume:
         state = RunState.load(out, config)
+        if privacy.dp_epsilon and state.config.get("num-server-rounds") != config.get("num-server-rounds"):
+            raise ValueError(f"{out / STATE_FILE}: dp-epsilon set the noise for the run's num-server-rounds "
+                             f"({state.config.get('num-server-rounds')}); resume with the same num-server-rounds")
         model_args = ModelArgs.from_dict(state.model_args)
         origin, pretrain_seconds = f"resumed after round {state.round}", 0.0
     else:
@@ -72,11 +82,11 @@ def main(grid: Grid, context: Context) -> None:
         print(f"warning: {warning}", flush=True)
 
     fedavg = EncoderFedAvg(
-        out, fraction_train=fed.fraction_train, fraction_evaluate=1.0,
+        out, fed, fraction_train=fed.fraction_train, fraction_evaluate=1.0,
         min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_train_nodes,
         min_available_nodes=fed.min_train_nodes,
     )
-    strategy = wrap_strategy(fedavg, settings.privacy, num_sites=max(fed.wait_for_nodes, fed.min_train_nodes))
+    strategy = wrap_strategy(fedavg, privacy, num_sites=max(fed.wait_for_nodes, fed.min_train_nodes))
     dp = strategy if isinstance(strategy, DpStrategy) else None
     if state.round == 0:
         wait_for_nodes(grid, fed.wait_for_nodes or fed.min_train_nodes)
@@ -87,11 +97,11 @@ def main(grid: Grid, context: Context) -> None:
         every = fed.evaluate_every
         return server_round == fed.num_server_rounds or bool(every and server_round % every == 0)
 
-    rounds = (partial(run_secagg_rounds, context=context, settings=settings, fedavg=fedavg)
-              if settings.privacy.secagg else run_rounds)
-    state = rounds(strategy, grid, state, out, fed.num_server_rounds, ConfigRecord(message_config),
-                   ConfigRecord(message_config), evaluate_due, {"strategy": fedavg} | ({"privacy": dp} if dp else {}),
-                   fed.round_timeout, sign)
+    secagg = (SecAggTrain(grid, context, settings, fedavg, message_config, sign=sign, timeout=fed.round_timeout)
+              if settings.privacy.secagg else None)
+    state = RoundLoop(strategy, grid, out, fed.num_server_rounds, ConfigRecord(message_config), evaluate_due,
+                      parts={"strategy": fedavg} | ({"privacy": dp} if dp else {}), timeout=fed.round_timeout,
+                      sign=sign, train=secagg).run(state)
 
     model = Forecaster(model_args)
     write_json(out / "summary.json", {
@@ -105,16 +115,18 @@ def main(grid: Grid, context: Context) -> None:
                     "total": time.monotonic() - started},
         "sites": site_table(fedavg.log.rows),
         "missing": fedavg.log.missing(),
-        "privacy": privacy_summary(settings.privacy, dp),
+        "privacy": privacy_summary(privacy, dp),
     })
 
 
 def privacy_summary(privacy: PrivacyArgs, dp: DpStrategy | None) -> dict:
-    """The privacy settings in force (key paths left out) and the ε spent after each round."""
+    """The privacy settings in force (key paths left out; dp_noise as calibrated for dp_epsilon, if set) and
+    the ε spent after each round."""
     summary = {"secagg": privacy.secagg, "signed": bool(privacy.sign_key), "reports": privacy.reports,
                "dp": privacy.dp}
     if dp is not None:
-        summary |= {"dp_clip": privacy.dp_clip, "dp_noise": privacy.dp_noise, "dp_delta": privacy.dp_delta,
+        summary |= {"dp_clip": privacy.dp_clip, "dp_noise": privacy.dp_noise, "dp_epsilon": privacy.dp_epsilon,
+                    "dp_delta": privacy.dp_delta,
                     "dp_epsilon_budget": privacy.dp_epsilon_budget, "epsilon_by_round": dp.epsilon_by_round,
                     "epsilon": dp.epsilon(), "stopped_before_round": dp.stopped_before,
                     "update_norms_by_round": dp.update_norms_by_round}

@@ -21,6 +21,7 @@ unchanged encoder (shared.privacy), and its accountant refuses a FedAvg that ove
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from logging import INFO, WARNING
 
 import numpy as np
@@ -31,7 +32,7 @@ from flwr.serverapp import (GaussianPrivacyEvent, Grid, NeighboringRelation, Pri
 from flwr.serverapp.strategy import Strategy
 
 from shared.config import PrivacyArgs
-from shared.privacy import clip, l2_norm
+from shared.privacy import clip, epsilon_after, l2_norm, noise_for_epsilon
 
 MODES = ("none", "central", "local")
 
@@ -42,24 +43,29 @@ def _accountant(delta: float, num_sites: int) -> RdpAccountant:
         sampling_method=SamplingMethod.NO_AMPLIFICATION))
 
 
-def epsilon_after(noise: float, rounds: int, delta: float) -> float:
-    """ε at `delta` that `rounds` rounds with noise multiplier `noise` spend (the DpStrategy's account)."""
-    accountant = _accountant(delta, 1)
-    accountant.compose(GaussianPrivacyEvent(noise, 1, 1), count=rounds)
-    return accountant.get_epsilon(delta)
+def calibrated(privacy: PrivacyArgs, rounds: int) -> PrivacyArgs:
+    """`privacy` with dp-epsilon turned into dp-noise and the budget, for a run of `rounds` training rounds.
 
-
-def noise_for_epsilon(epsilon: float, rounds: int, delta: float) -> float:
-    """The smallest noise multiplier (to 0.1 %) with which `rounds` rounds spend at most `epsilon` at `delta`."""
-    if epsilon <= 0 or rounds < 1:
-        raise ValueError("epsilon must be positive and rounds at least 1")
-    low, high = 1e-2, 1e4
-    if epsilon_after(high, rounds, delta) > epsilon:
-        raise ValueError(f"ε = {epsilon} at δ = {delta} over {rounds} rounds needs a noise multiplier above {high:g}")
-    while high / low > 1.001:
-        middle = (low * high) ** 0.5
-        low, high = (low, middle) if epsilon_after(middle, rounds, delta) <= epsilon else (middle, high)
-    return high
+    With dp-epsilon > 0 (central DP only), dp-noise becomes the smallest noise multiplier with which
+    the `rounds` rounds spend at most dp-epsilon at dp-delta (shared.privacy.noise_for_epsilon), and
+    dp-epsilon-budget becomes dp-epsilon. Setting dp-noise or dp-epsilon-budget too is an error.
+    """
+    if privacy.dp_epsilon == 0:
+        return privacy
+    if privacy.dp_epsilon < 0:
+        raise ValueError("dp-epsilon must be positive, or 0 to set dp-noise by hand")
+    if privacy.dp != "central":
+        raise ValueError(f"dp-epsilon calibrates the server's noise and needs dp = 'central', not {privacy.dp!r}")
+    if privacy.dp_noise != PrivacyArgs.dp_noise:
+        raise ValueError(f"dp-epsilon = {privacy.dp_epsilon:g} and dp-noise = {privacy.dp_noise:g} both set the "
+                         "noise: set one of them")
+    if privacy.dp_epsilon_budget not in (0, privacy.dp_epsilon):
+        raise ValueError(f"dp-epsilon = {privacy.dp_epsilon:g} is the budget; dp-epsilon-budget = "
+                         f"{privacy.dp_epsilon_budget:g} contradicts it: leave dp-epsilon-budget at 0")
+    noise = noise_for_epsilon(privacy.dp_epsilon, rounds, privacy.dp_delta)
+    log(INFO, "DP: noise multiplier %.4g spends ε = %g at δ = %g over %d rounds", noise, privacy.dp_epsilon,
+        privacy.dp_delta, rounds)
+    return replace(privacy, dp_noise=noise, dp_epsilon_budget=privacy.dp_epsilon)
 
 
 def wrap_strategy(strategy: Strategy, privacy: PrivacyArgs, num_sites: int) -> Strategy:
@@ -79,8 +85,9 @@ class DpStrategy(Strategy):
     its number. Evaluation goes on as scheduled, on the last encoder released.
 
     Args:
-        strategy: the strategy doing sampling, per-site logs and metrics. For central DP its own
-            average of the encoders is replaced by the clipped, noisy equal-weight mean.
+        strategy: the strategy doing sampling, validation, per-site logs and metrics. For central DP its
+            own average of the encoders is replaced by the clipped, noisy equal-weight mean of the
+            replies it accepted (its `accepted`).
         privacy: the dp-* settings.
         num_sites: sites taking part in a round (the mean's denominator; the accountant's population).
     """
@@ -124,7 +131,7 @@ class DpStrategy(Strategy):
         replies = list(replies)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if self.privacy.dp == "central" and arrays is not None:
-            arrays = self._noisy_mean(server_round, [r for r in replies if not r.has_error()])
+            arrays = self._noisy_mean(server_round, self.strategy.accepted)  # validated by the strategy
             self._spend(server_round)
         return arrays, metrics
 

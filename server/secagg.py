@@ -1,12 +1,13 @@
 """Encoder rounds under SecAgg+: the server learns only the weighted sum of the sites' updates.
 
-Flower 1.41 has SecAgg+ only in its legacy API: `SecAggPlusWorkflow` inside a `DefaultWorkflow`,
-driven by a legacy `flwr.server.strategy` strategy through a `LegacyContext`. `run_secagg` runs
-that with `SecAggFedAvg` over the arrays of a state dict (their order is the state dict's key
-order, sent to the sites as `array-keys`) and calls `on_round` after every round.
-`run_secagg_rounds` is `server.rounds.run_rounds` with training under SecAgg+: same arguments,
-same checkpoints after every phase, same resume, same per-site rows and evaluation (ordinary
-messages: evaluation sends no update back). The sites' side is `client.secagg.secagg_mod`.
+Flower 1.41 has SecAgg+ only in its legacy API: `SecAggPlusWorkflow`, driven by a legacy
+`flwr.server.strategy` strategy through a `LegacyContext`, normally inside a `DefaultWorkflow`
+that runs all rounds itself. `SecAggTrain` is instead the round loop's train phase
+(server.rounds): each call runs the workflow for one round, numbered as the run numbers it, with
+`SecAggFedAvg` over the arrays of a state dict (their order is the state dict's key order, sent to
+the sites as `array-keys`), so checkpoints, resume, per-site rows and evaluation (ordinary
+messages: evaluation sends no update back) are the plain rounds' own. The sites' side is
+`client.secagg.secagg_mod`.
 
 How SecAgg+ weights (flwr/client/mod/secure_aggregation/secaggplus_mod.py): each site sends
 masked [q(w), q(w * params)] with w = num_examples / max_weight (w quantised to 1/Q); the
@@ -31,29 +32,29 @@ against an honest-but-curious server, not a malicious one.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
-from pathlib import Path
 from typing import Any
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.logger import log
-from flwr.server import LegacyContext, ServerConfig
+from flwr.server import LegacyContext
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.server.strategy import FedAvg as LegacyFedAvg
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from shared import wire
+from server.rounds import Arrays, Sign
+from server.strategy import EncoderFedAvg, SiteLog, TooFewSites
 from shared.checkpoint import write_json
 from shared.config import Settings
 
@@ -66,9 +67,6 @@ CAPPED_METRIC = "secagg-weight-capped"
 
 DEFAULT_MAX_WEIGHT = 10_000.0  # training windows; larger sites are weighted as this many
 DEFAULT_CLIPPING_RANGE = 8.0  # Flower's default; encoder weights here stay near |1|
-
-OnRound = Callable[[int, ArrayRecord, "RoundRecord"], None]
-Sign = Callable[[dict[str, torch.Tensor], int], bytes]
 
 
 def quantization_range(sites: int) -> int:
@@ -84,19 +82,6 @@ def error_bound(weights: list[float], max_weight: float, clipping_range: float =
     return len(weights) * 2 * clipping_range / q * max_weight / sum(min(w, max_weight) for w in weights)
 
 
-def to_legacy(state: Mapping[str, torch.Tensor]) -> tuple[list[str], Parameters]:
-    """(keys, legacy Parameters) of a state dict; the i-th array is the i-th key's."""
-    keys = list(state)
-    return keys, ndarrays_to_parameters([np.asarray(state[k].detach().cpu()) for k in keys])
-
-
-def from_legacy(keys: list[str], ndarrays: list[np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord keyed like the state dict, from legacy arrays in key order."""
-    if len(keys) != len(ndarrays):
-        raise ValueError(f"{len(ndarrays)} arrays for {len(keys)} state-dict keys")
-    return ArrayRecord({k: Array(np.ascontiguousarray(a)) for k, a in zip(keys, ndarrays, strict=True)})
-
-
 def _like(ndarrays: list[np.ndarray], reference: list[np.ndarray]) -> list[np.ndarray]:
     """SecAgg+ dequantises to float64: back to each reference array's dtype and shape."""
     out = []
@@ -106,77 +91,57 @@ def _like(ndarrays: list[np.ndarray], reference: list[np.ndarray]) -> list[np.nd
     return out
 
 
-@dataclass
-class RoundRecord:
-    """What the strategy saw of one round: who was sampled, who replied, when."""
-
-    started: float = 0.0
-    ended: float | None = None
-    sampled: list[int] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)  # per-site train rows, sorted by site
-    aggregated: bool = False  # False: the secure aggregation halted, the global is unchanged
-
-    @property
-    def seconds(self) -> float:
-        """From sampling to the aggregate (or to now)."""
-        return (self.ended or time.monotonic()) - self.started
-
-
 class SecAggFedAvg(LegacyFedAvg):
-    """Legacy FedAvg for `SecAggPlusWorkflow`: the workflow has already averaged.
+    """Legacy FedAvg for one round of `SecAggPlusWorkflow`: the workflow has already averaged.
 
     `SecAggPlusWorkflow.unmask_stage` puts the unmasked, num-examples-weighted average into every
-    result's parameters before calling `aggregate_fit`; this returns it once (cast back to the
-    arrays' own dtypes) instead of averaging n copies, and records per-site rows: each reply's
-    plain-text metrics with its site, and an error row for each sampled site that dropped out.
+    result's parameters before calling `aggregate_fit`; this keeps it once (cast back to the
+    arrays' own dtypes, as `aggregate`) instead of averaging n copies, and records per-site `rows`:
+    each reply's plain-text metrics with its site, and an error row for each sampled site that
+    dropped out. `aggregate` stays None if the secure aggregation halted.
 
     Args:
-        keys, reference: the state dict's keys and arrays (for dtypes and shapes).
-        fit_config: (round, state sent) -> the config every sampled site gets.
+        reference: the arrays sent, in the legacy parameters' order (for dtypes and shapes).
+        fit_config: the config every sampled site gets.
         names: node id -> site name, shared with the caller (filled from replies).
-        offset: the workflow counts rounds from 1; the run's round is offset + that.
         on_sample: called with the number of sites sampled, before the SecAgg+ setup stage reads
             its quantisation range (SecAggPlusWorkflow.setup_stage calls configure_fit first).
     """
 
-    def __init__(self, keys: list[str], reference: list[np.ndarray],
-                 fit_config: Callable[[int, dict[str, torch.Tensor]], dict], names: dict[int, str],
-                 offset: int = 0, on_sample: Callable[[int], None] | None = None, **kwargs):
+    def __init__(self, reference: list[np.ndarray], fit_config: dict, names: dict[int, str],
+                 on_sample: Callable[[int], None], **kwargs):
         super().__init__(fraction_evaluate=0.0, min_evaluate_clients=0, accept_failures=True, **kwargs)
-        self.keys, self.reference, self.fit_config = keys, reference, fit_config
-        self.names, self.offset, self.on_sample = names, offset, on_sample
-        self.rounds: dict[int, RoundRecord] = {}
+        self.reference, self.fit_config, self.names, self.on_sample = reference, fit_config, names, on_sample
+        self.started = time.monotonic()
+        self.ended: float | None = None
+        self.sampled: list[int] = []
+        self.rows: list[dict] = []
+        self.aggregate: list[np.ndarray] | None = None
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager
                       ) -> list[tuple[ClientProxy, FitIns]]:
-        run_round = self.offset + server_round
-        record = self.rounds[run_round] = RoundRecord(started=time.monotonic())
-        sent = from_legacy(self.keys, parameters_to_ndarrays(parameters)).to_torch_state_dict()
-        fit_ins = FitIns(parameters, self.fit_config(run_round, sent))
+        self.started = time.monotonic()
         sample_size, min_num = self.num_fit_clients(client_manager.num_available())
         proxies = client_manager.sample(num_clients=sample_size, min_num_clients=min_num)
-        record.sampled = sorted(proxy.node_id for proxy in proxies)
-        if self.on_sample is not None:
-            self.on_sample(len(proxies))
+        self.sampled = sorted(proxy.node_id for proxy in proxies)
+        self.on_sample(len(proxies))
+        fit_ins = FitIns(parameters, self.fit_config)
         return [(proxy, fit_ins) for proxy in proxies]
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list) -> tuple[Parameters | None, dict]:
-        run_round = self.offset + server_round
-        record = self.rounds[run_round]
-        record.rows = self.rows(run_round, results)
-        record.ended = time.monotonic()
+        self.rows = self.site_rows(server_round, results)
+        self.ended = time.monotonic()
         if not results:
             return None, {}
         # every result holds the same aggregate (see the class docstring)
-        aggregate = _like(parameters_to_ndarrays(results[0][1].parameters), self.reference)
-        record.aggregated = True
-        capped = [row["site"] for row in record.rows if row.get(CAPPED_METRIC)]
+        self.aggregate = _like(parameters_to_ndarrays(results[0][1].parameters), self.reference)
+        capped = [row["site"] for row in self.rows if row.get(CAPPED_METRIC)]
         if capped:
             log(WARNING, "SecAgg+: weights of %s capped at the max weight", ", ".join(capped))
-        return ndarrays_to_parameters(aggregate), {"sites": len(results)}
+        return ndarrays_to_parameters(self.aggregate), {"sites": len(results)}
 
-    def rows(self, run_round: int, results: list[tuple[ClientProxy, FitRes]]) -> list[dict]:
+    def site_rows(self, server_round: int, results: list[tuple[ClientProxy, FitRes]]) -> list[dict]:
         """Per-site train rows as `server.strategy.SiteLog` writes them, sorted by site."""
         rows, replied = [], set()
         for proxy, res in results:
@@ -184,20 +149,12 @@ class SecAggFedAvg(LegacyFedAvg):
             site = str(metrics.pop(SITE_METRIC, f"node-{proxy.node_id}"))
             self.names[proxy.node_id] = site
             replied.add(proxy.node_id)
-            rows.append({"round": run_round, "phase": "train", "node_id": proxy.node_id, "site": site, **metrics})
-        for node in self.rounds[run_round].sampled:
+            rows.append({"round": server_round, "phase": "train", "node_id": proxy.node_id, "site": site, **metrics})
+        for node in self.sampled:
             if node not in replied:
-                rows.append({"round": run_round, "phase": "train", "node_id": node,
+                rows.append({"round": server_round, "phase": "train", "node_id": node,
                              "site": self.names.get(node, f"node-{node}"), "error": "dropped out of the SecAgg+ round"})
         return sorted(rows, key=lambda row: row["site"])
-
-
-@dataclass
-class SecAggResult:
-    arrays: ArrayRecord  # the final global state, keyed like the initial state dict
-    round_times: dict[int, float]  # seconds from sampling to the aggregate, per round
-    rows: list[dict]  # per-site train rows of every round
-    halted: list[int]  # rounds whose secure aggregation stopped (too many dropouts): global unchanged
 
 
 def secagg_settings(settings: Settings, run_config: Mapping[str, Any] | None = None) -> dict:
@@ -212,144 +169,97 @@ def secagg_settings(settings: Settings, run_config: Mapping[str, Any] | None = N
     }
 
 
-def run_secagg(grid: Grid, context: Context, settings: Settings, initial: Mapping[str, torch.Tensor],
-               config: Mapping[str, Any], *, on_round: OnRound | None = None, first_round: int = 1,
-               num_rounds: int | None = None, sign: Sign | None = None, names: dict[int, str] | None = None,
-               timeout: float | None = None, **secagg: Any) -> SecAggResult:
-    """Run rounds `first_round .. num_rounds` (default: num-server-rounds) of FedAvg under SecAgg+.
+class SecAggTrain:
+    """The round loop's train phase under SecAgg+: each call is one round of FedAvg under SecAgg+.
+
+    Each round's per-site train rows go to `fedavg`'s log and its seconds (sampling to aggregate)
+    to `fedavg.round_times`, as EncoderFedAvg's own rounds do. A round with fewer aggregated sites
+    than `fedavg.min_train_nodes` (every round whose secure aggregation halted) raises TooFewSites,
+    so the loop checkpoints nothing for it; dropouts within SecAgg+'s threshold and above that
+    minimum complete it.
 
     Args:
-        context: the ServerApp's context (wrapped in a LegacyContext; its state holds the rounds').
-        initial: the state dict the sites start from (the encoder, or the whole model).
+        grid, context: the ServerApp's (the context is wrapped in a LegacyContext each round).
+        settings: the run's settings (SecAgg+ shares and threshold; central or local DP is refused).
+        fedavg: the strategy whose sampling fraction and minimum the rounds use, and whose per-site
+            log and round times they go to.
         config: the fit config every site gets (legacy scalars: int, float, str, bytes, bool);
-            `server-round`, `array-keys`, the SecAgg+ bounds and, with `sign(state, round)`, the
-            `encoder-signature` of the state sent are added.
-        on_round: called after each round with (round, global state keyed like `initial`, its
-            RoundRecord: per-site train rows, whether it was aggregated, seconds); a halted round
-            leaves the global unchanged.
-        names: node id -> site name, to name sites that drop out (updated from the replies).
+            `server-round`, `array-keys`, the SecAgg+ bounds and, with `sign(arrays, round)`, the
+            `encoder-signature` of the arrays sent are added.
         timeout: seconds each SecAgg+ stage waits for replies (None: until all replied or failed).
         **secagg: overrides of `secagg_settings` (num_shares, reconstruction_threshold,
             max_weight, clipping_range) and `SecAggPlusWorkflow`'s other arguments; a
             `quantization_range` given here is used as is, for every round.
     """
-    last = settings.federation.num_server_rounds if num_rounds is None else num_rounds
-    fed = settings.federation
-    params = secagg_settings(settings, context.run_config) | secagg
-    keys, parameters = to_legacy(initial)
-    reference = [np.asarray(initial[k].detach().cpu()) for k in keys]
-    result = SecAggResult(from_legacy(keys, reference), {}, [], [])
-    if last < first_round:
-        return result
 
-    def fit_config(run_round: int, sent: dict[str, torch.Tensor]) -> dict:
-        extra = {"encoder-signature": sign(sent, run_round)} if sign else {}
-        return {**config, **extra, "server-round": run_round, ARRAY_KEYS: json.dumps(keys),
-                MAX_WEIGHT: float(params["max_weight"]), CLIPPING_RANGE: float(params["clipping_range"])}
+    def __init__(self, grid: Grid, context: Context, settings: Settings, fedavg: EncoderFedAvg,
+                 config: Mapping[str, Any], *, sign: Sign | None = None, timeout: float | None = None,
+                 **secagg: Any):
+        if settings.privacy.dp != "none":
+            raise ValueError(f"secagg with dp={settings.privacy.dp!r} is not supported: central DP clips each "
+                             "site's plain update, which SecAgg+ hides from the server; local DP's ε account "
+                             "lives in the plain round phase (server.privacy)")
+        self.grid, self.context, self.fedavg, self.config = grid, context, fedavg, dict(config)
+        self.sign = sign
+        self.params = secagg_settings(settings, context.run_config) | secagg
+        workflow_args = {k: v for k, v in self.params.items() if k not in ("num_shares", "reconstruction_threshold")}
+        self.workflow = SecAggPlusWorkflow(self.params["num_shares"], self.params["reconstruction_threshold"],
+                                           timeout=timeout, **workflow_args)
+        self.adapt_quantization = "quantization_range" not in self.params
+        log(INFO, "SecAgg+: %s shares, threshold %s, max weight %s, clipping range %s", self.params["num_shares"],
+            self.params["reconstruction_threshold"], self.params["max_weight"], self.params["clipping_range"])
 
-    strategy = SecAggFedAvg(keys, reference, fit_config, {} if names is None else names, offset=first_round - 1,
-                            fraction_fit=fed.fraction_train, min_fit_clients=fed.min_train_nodes,
-                            min_available_clients=fed.min_train_nodes, initial_parameters=parameters)
+    def __call__(self, server_round: int, arrays: Arrays) -> Arrays:
+        """The global arrays after round `server_round`, trained from `arrays`."""
+        keys = list(arrays)
+        reference = [np.asarray(arrays[k].detach().cpu()) for k in keys]
+        fit_config = {**self.config, "server-round": server_round, ARRAY_KEYS: json.dumps(keys),
+                      MAX_WEIGHT: float(self.params["max_weight"]),
+                      CLIPPING_RANGE: float(self.params["clipping_range"])}
+        if self.sign:
+            fit_config["encoder-signature"] = self.sign(arrays, server_round)
+        fedavg = self.fedavg
+        strategy = SecAggFedAvg(reference, fit_config, fedavg.log.names, self.set_quantization,
+                                fraction_fit=fedavg.fraction_train, min_fit_clients=fedavg.min_train_nodes,
+                                min_available_clients=fedavg.min_available_nodes)
+        legacy = LegacyContext(self.context, strategy=strategy)
+        # the state SecAggPlusWorkflow reads: the round (messages' group id, the strategy's round) and the arrays
+        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
+        legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+            ndarrays_to_parameters(reference), keep_input=True)
+        # as DefaultWorkflow does: the client manager follows the grid's nodes while the round runs
+        thread, stop, registered = start_update_client_manager_thread(self.grid, legacy.client_manager)
+        registered.wait()
+        try:
+            self.workflow(self.grid, legacy)
+        finally:
+            stop.set()
+            thread.join()
 
-    def end_of_round(_: Grid, ctx: Context) -> None:  # DefaultWorkflow's evaluate step
-        run_round = first_round - 1 + int(ctx.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
-        record = strategy.rounds.get(run_round, RoundRecord(started=time.monotonic()))
-        if not record.aggregated:
-            result.halted.append(run_round)
-            if not record.rows:  # the workflow halted before aggregate_fit: a row for every sampled site
-                record.rows = [{"round": run_round, "phase": "train", "node_id": node,
-                                "site": strategy.names.get(node, f"node-{node}"), "error": "SecAgg+ round halted"}
-                               for node in record.sampled]
-            log(WARNING, "SecAgg+ round %s halted: the global state is unchanged", run_round)
-        record.ended = record.ended or time.monotonic()
-        result.round_times[run_round] = record.seconds
-        arrays = ctx.state.array_records[MAIN_PARAMS_RECORD]
-        result.arrays = from_legacy(keys, [arrays[str(i)].numpy() for i in range(len(keys))])
-        result.rows += record.rows
-        if on_round is not None:
-            on_round(run_round, result.arrays, record)
-
-    workflow_args = {k: v for k, v in params.items() if k not in ("num_shares", "reconstruction_threshold")}
-    secagg_workflow = SecAggPlusWorkflow(params["num_shares"], params["reconstruction_threshold"],
-                                         timeout=timeout, **workflow_args)
-    if "quantization_range" not in params:
-        def adapt(sites: int) -> None:
-            secagg_workflow.quantization_range = quantization_range(sites)
-            log(INFO, "SecAgg+: %d sites sampled, quantisation range 2**%d", sites,
-                secagg_workflow.quantization_range.bit_length() - 1)
-        strategy.on_sample = adapt
-    workflow = DefaultWorkflow(fit_workflow=secagg_workflow, evaluate_workflow=end_of_round)
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=last - first_round + 1, round_timeout=timeout),
-                           strategy=strategy)
-    log(INFO, "SecAgg+ rounds %s..%s: %s shares, threshold %s, max weight %s, clipping range %s", first_round,
-        last, params["num_shares"], params["reconstruction_threshold"], params["max_weight"], params["clipping_range"])
-    workflow(grid, legacy)
-    return result
-
-
-def run_secagg_rounds(strategy, grid: Grid, state, out_dir: Path, num_rounds: int,
-                      train_config: ConfigRecord, evaluate_config: ConfigRecord,
-                      evaluate_due: Callable[[int], bool], parts: dict, timeout: float,
-                      sign: Sign | None = None, *, context: Context, settings: Settings, fedavg):
-    """`server.rounds.run_rounds` with each round's training under SecAgg+; returns the final RunState.
-
-    Same arguments, plus the ServerApp's `context`, the `settings` and `fedavg` (the
-    `server.strategy.EncoderFedAvg` whose per-site log and round times the rounds go to).
-    `strategy` (fedavg or a wrapper) only evaluates; its training methods are not used. After
-    every phase the RunState is checkpointed as run_rounds does, so `resume` works the same. A
-    round with fewer usable replies than min-train-nodes raises TooFewSites before its checkpoint,
-    as EncoderFedAvg does; dropouts within SecAgg+'s threshold and above that minimum complete it.
-    """
-    from server.strategy import TooFewSites
-
-    if settings.privacy.dp != "none":
-        raise ValueError(f"secagg with dp={settings.privacy.dp!r} is not supported: central DP clips each site's "
-                         "plain update, which SecAgg+ hides from the server; local DP's ε account lives in the "
-                         "plain round loop (server.privacy)")
-    if state.random_state is not None:
-        random.setstate(state.random_state)
-    for name, part in parts.items():
-        if name in state.parts:
-            part.load_state_dict(state.parts[name])
-
-    def checkpoint(current, **changes):
-        new = replace(current, **changes, random_state=random.getstate(),
-                      parts={name: part.state_dict() for name, part in parts.items()})
-        new.save(out_dir)
-        return new
-
-    def evaluate(current, server_round: int):
-        config = evaluate_config
-        if sign:
-            config = ConfigRecord({**config, "encoder-signature": sign(current.arrays, server_round)})
-        messages = strategy.configure_evaluate(server_round, ArrayRecord(wire.pack(current.arrays)), config, grid)
-        strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
-        return checkpoint(current, evaluated=True)
-
-    if state.round and not state.evaluated and evaluate_due(state.round):
-        state = evaluate(state, state.round)
-    current = [state]
-
-    def on_round(server_round: int, arrays: ArrayRecord, record: RoundRecord) -> None:
-        _log_rows(fedavg.log, record.rows)
-        usable = sum("error" not in row for row in record.rows) if record.aggregated else 0
+        rows = strategy.rows or [{"round": server_round, "phase": "train", "node_id": node,
+                                  "site": fedavg.log.name(node), "error": "SecAgg+ round halted"}
+                                 for node in strategy.sampled]  # halted before aggregate_fit
+        _log_rows(fedavg.log, rows)
+        usable = sum("error" not in row for row in rows) if strategy.aggregate is not None else 0
         if usable < fedavg.min_train_nodes:
-            missing = sorted(row["site"] for row in record.rows if "error" in row)
-            raise TooFewSites(f"round {server_round} (train, SecAgg+): {usable} sites aggregated, at least "
-                              f"{fedavg.min_train_nodes} needed (min-train-nodes); missing: {', '.join(missing) or 'none'}")
-        fedavg.round_times[server_round] = record.seconds
-        current[0] = checkpoint(current[0], round=server_round, evaluated=False, arrays=arrays.to_torch_state_dict())
-        if evaluate_due(server_round):
-            current[0] = evaluate(current[0], server_round)
+            missing = sorted(row["site"] for row in rows if "error" in row)
+            halted = "" if strategy.aggregate is not None else " (the secure aggregation halted)"
+            raise TooFewSites(f"round {server_round} (train, SecAgg+): {usable} sites aggregated{halted}, at least "
+                              f"{fedavg.min_train_nodes} needed (min-train-nodes); "
+                              f"missing: {', '.join(missing) or 'none'}")
+        fedavg.round_times[server_round] = (strategy.ended or time.monotonic()) - strategy.started
+        return {k: torch.from_numpy(a) for k, a in zip(keys, strategy.aggregate, strict=True)}
 
-    run_secagg(grid, context, settings, state.arrays, dict(train_config), on_round=on_round,
-               first_round=state.round + 1, num_rounds=num_rounds, sign=sign, names=fedavg.log.names,
-               timeout=timeout)
-    return current[0]
+    def set_quantization(self, sites: int) -> None:
+        """Sets the round's quantisation range for `sites` sampled sites (unless one was given)."""
+        if self.adapt_quantization:
+            self.workflow.quantization_range = quantization_range(sites)
+            log(INFO, "SecAgg+: %d sites sampled, quantisation range 2**%d", sites,
+                self.workflow.quantization_range.bit_length() - 1)
 
 
-def _log_rows(site_log, rows: list[dict]) -> None:
-    """Add train rows to a `server.strategy.SiteLog` as its `add` does (sorted, rewritten, errors printed)."""
+def _log_rows(site_log: SiteLog, rows: list[dict]) -> None:
+    """Add train rows to a SiteLog as its `add` does (sorted, rewritten, errors printed)."""
     for row in rows:
         if "error" in row:
             print(f"round {row['round']} (train): no usable reply from {row['site']}: {row['error']}", flush=True)

@@ -1,32 +1,42 @@
-"""FedAvg over encoder arrays that keeps per-site rows and reports the sites that did not answer.
+"""Encoder aggregation that checks every site's update, keeps per-site rows and reports the sites
+that did not answer or were rejected.
 
-Flower's History keeps only aggregates, so each reply's metrics are recorded with its site.
-Replies are sorted by site before aggregation: they arrive in completion order, and a fixed
-order makes the float sums, and so whole runs, reproducible.
+A train reply is aggregated only if its packed arrays fit the encoder sent that round, its values
+are finite, its update is within `max-update-norm` and its `num-examples` is a believable count of
+training windows (shared.updates); otherwise its row in per_site.json carries the reason, and the
+round goes on without it. Flower's History keeps only aggregates, so each reply's metrics are
+recorded with its site; sites may report different metric keys, so the aggregate metrics are only
+counts. Replies are sorted by site before aggregation: they arrive in completion order, and a
+fixed order makes the float sums, and so whole runs, reproducible. SecAgg+ rounds (server.secagg)
+see only sums and cannot check one site's update.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from shared import wire
 from shared.checkpoint import write_json
+from shared.config import FederationArgs
+from shared.updates import Rejected, State, aggregate, check_settings, check_update, training_windows
 
 
 class TooFewSites(RuntimeError):
-    """Fewer sites answered a round than `min-train-nodes`."""
+    """Fewer sites sent a usable reply in a round than `min-train-nodes`."""
 
 
 class SiteLog:
     """Per-site, per-round metric rows, rewritten atomically to `path` after every phase.
 
     A site is named by the 'site' ConfigRecord of its replies; a node that never answered is
-    'node-<id>'. A sampled site that sent no usable reply gets a row with an `error`, also printed.
+    'node-<id>'. A sampled site that sent no usable reply gets a row with an `error`, also printed;
+    a rejected reply's row keeps the metrics it sent beside the reason.
     """
 
     def __init__(self, path: Path):
@@ -37,12 +47,21 @@ class SiteLog:
     def name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node-{node_id}")
 
-    def add(self, server_round: int, phase: str, replies: list[Message], sent: list[Message]) -> None:
+    def site_of(self, reply: Message) -> str:
+        """The site a reply (not an error) names, else the name its node gave before."""
+        node = reply.metadata.src_node_id
+        return str(reply.content.config_records.get("site", {}).get("name", self.name(node)))
+
+    def add(self, server_round: int, phase: str, replies: list[Message], sent: list[Message],
+            rejected: Mapping[int, str] | None = None) -> None:
         """Record the replies to the messages `sent` in this phase, and a row for each silent node.
+
+        `rejected` maps the node of each reply left out of aggregation to the reason.
 
         An error reply made by the SuperLink (e.g. node unavailable) comes from the SuperLink
         itself: its node is the one the replied-to message was sent to.
         """
+        rejected = rejected or {}
         node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
         rows, replied = [], set()
         for msg in replies:
@@ -54,7 +73,10 @@ class SiteLog:
             else:
                 info = dict(msg.content.config_records.get("site", {}))
                 self.names[node] = str(info.pop("name", self.name(node)))
-                row |= {"site": self.names[node], **dict(next(iter(msg.content.metric_records.values()))), **info}
+                metrics = dict(next(iter(msg.content.metric_records.values()), {}))
+                row |= {"site": self.names[node], **metrics, **info}
+                if node in rejected:
+                    row["error"] = rejected[node]
             rows.append(row)
         for node in sorted({m.metadata.dst_node_id for m in sent} - replied):
             rows.append({"round": server_round, "phase": phase, "node_id": node, "site": self.name(node),
@@ -73,24 +95,36 @@ class SiteLog:
 
 
 class EncoderFedAvg(FedAvg):
-    """FedAvg weighted by each site's training windows, over the encoder arrays the sites send.
+    """Encoder aggregation over the arrays the sites send, each reply checked first (shared.updates).
 
     Args:
         out_dir: where `per_site.json` is written.
+        federation: the settings `aggregation`, `trim-fraction`, `clip-update-norm`,
+            `max-update-norm` and `max-train-windows` (the others are not read here).
         **kwargs: FedAvg's own arguments (fractions, minimum nodes). A round whose usable
             replies are fewer than `min_train_nodes` raises TooFewSites.
+
+    `accepted` holds the replies aggregated in the last training round, in site order.
     """
 
-    def __init__(self, out_dir: str | Path, **kwargs):
+    def __init__(self, out_dir: str | Path, federation: FederationArgs = FederationArgs(), **kwargs):
+        check_settings(federation)
         super().__init__(**kwargs)
+        self.federation = federation
         self.log = SiteLog(Path(out_dir) / "per_site.json")
         self.round_times: dict[int, float] = {}
+        self.first_windows: dict[str, int] = {}  # site -> training windows in its first accepted reply
+        self.accepted: list[Message] = []
         self._round_start = time.monotonic()
         self._sent: dict[tuple[int, str], list[Message]] = {}
+        self._layout: wire.Layout = []
+        self._encoder: State = {}  # the encoder sent in this training round
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._round_start = time.monotonic()
+        self._layout = wire.loads(str(config.get(wire.LAYOUT, "")))
+        self._encoder = wire.unpack(arrays, self._layout)
         return self._remember(server_round, "train", super().configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -103,31 +137,73 @@ class EncoderFedAvg(FedAvg):
         self._sent[server_round, phase] = messages  # the Grid sets their message ids when it sends them
         return messages
 
-    def _record(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
-        replies = list(replies)
-        self.log.add(server_round, phase, replies, self._sent.pop((server_round, phase), []))
-        usable = sorted((m for m in replies if not m.has_error()), key=lambda m: self.log.name(m.metadata.src_node_id))
+    def _record(self, server_round: int, phase: str, replies: list[Message],
+                rejected: Mapping[int, str] | None = None) -> None:
+        """Log the phase's rows; TooFewSites if its usable replies are fewer than the phase's minimum."""
+        rejected = rejected or {}
+        self.log.add(server_round, phase, replies, self._sent.pop((server_round, phase), []), rejected)
+        usable = sum(not m.has_error() and m.metadata.src_node_id not in rejected for m in replies)
         minimum = self.min_train_nodes if phase == "train" else self.min_evaluate_nodes
-        if len(usable) < minimum:
-            missing = sorted({r["site"] for r in self.log.missing() if r["round"] == server_round and r["phase"] == phase})
-            raise TooFewSites(f"round {server_round} ({phase}): {len(usable)} sites answered, at least {minimum} "
+        if usable < minimum:
+            missing = [f"{r['site']} ({r['error']})" for r in self.log.missing()
+                       if r["round"] == server_round and r["phase"] == phase]
+            raise TooFewSites(f"round {server_round} ({phase}): {usable} sites answered, at least {minimum} "
                               f"needed (min-train-nodes); missing: {', '.join(missing) or 'none'}")
-        return usable
+
+    def _check(self, server_round: int, site: str, reply: Message) -> tuple[State, int]:
+        """A train reply's update and weight; Rejected (or ValueError from unpacking) with the reason."""
+        if len(reply.content.array_records) != 1 or len(reply.content.metric_records) != 1:
+            raise Rejected("a train reply must hold one ArrayRecord and one MetricRecord")
+        (arrays,) = reply.content.array_records.values()
+        (metrics,) = reply.content.metric_records.values()
+        update = check_update(self._encoder, wire.unpack(arrays, self._layout), self.federation.max_update_norm)
+        claimed = metrics.get("num-examples")
+        windows = training_windows(claimed, self.first_windows.get(site), self.federation.max_train_windows)
+        if windows < claimed:
+            print(f"round {server_round} (train): {site} claims {claimed} training windows, more than its first "
+                  f"{windows}; weighed as {windows}", flush=True)
+        self.first_windows.setdefault(site, windows)
+        return update, windows
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        result = super().aggregate_train(server_round, self._record(server_round, "train", replies))
+        replies = list(replies)
+        answers = sorted(((self.log.site_of(m), m) for m in replies if not m.has_error()),
+                         key=lambda answer: (answer[0], answer[1].metadata.src_node_id))
+        accepted, updates, weights, rejected = [], [], [], {}
+        for site, reply in answers:
+            try:
+                update, windows = self._check(server_round, site, reply)
+            except ValueError as exc:  # Rejected, or a packed array that does not fit the layout
+                rejected[reply.metadata.src_node_id] = f"rejected: {exc}"
+                continue
+            accepted.append(reply)
+            updates.append(update)
+            weights.append(windows)
+        self._record(server_round, "train", replies, rejected)
+        self.accepted = accepted
         self.round_times[server_round] = time.monotonic() - self._round_start
-        return result
+        if not accepted:
+            return None, None
+        fed = self.federation
+        state = aggregate(self._encoder, updates, weights, fed.aggregation, fed.trim_fraction, fed.clip_update_norm)
+        return (ArrayRecord(wire.pack(state, self._layout)),
+                MetricRecord({"sites": len(accepted), "num-examples": sum(weights)}))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return super().aggregate_evaluate(server_round, self._record(server_round, "evaluate", replies))
+        """Each site's figures go to its rows (sites may report different keys); the aggregate is their count."""
+        replies = list(replies)
+        self._record(server_round, "evaluate", replies)
+        usable = sum(not m.has_error() for m in replies)
+        return MetricRecord({"sites": usable}) if usable else None
 
     def state_dict(self) -> dict:
-        """What a resumed run needs to continue the log and timings."""
-        return {"rows": self.log.rows, "names": self.log.names, "round_times": self.round_times}
+        """What a resumed run needs to continue the log, the timings and the sites' first window counts."""
+        return {"rows": self.log.rows, "names": self.log.names, "round_times": self.round_times,
+                "first_windows": self.first_windows}
 
     def load_state_dict(self, state: dict) -> None:
         self.log.rows = list(state["rows"])
         self.log.names = {int(k): v for k, v in state["names"].items()}
         self.round_times = {int(k): v for k, v in state["round_times"].items()}
+        self.first_windows = {str(k): int(v) for k, v in state["first_windows"].items()}

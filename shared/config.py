@@ -64,6 +64,15 @@ class FederationArgs:
     init: str = "pretrained"  # starting encoder: "pretrained" or "random" (federated_scratch arm)
     out_dir: str = "runs/latest"  # global checkpoints and per-site results
     state_dir: str = ""  # simulation: each site's private state under here ("" = OUT_DIR/sites)
+    aggregation: str = "fedavg"  # "fedavg" (weighted by training windows), "median" or "trimmed-mean"
+    # (coordinate-wise, equal weights: a few outlying sites cannot move them far; shared.updates)
+    trim_fraction: float = 0.2  # trimmed-mean: share of sites cut at each end per coordinate (1 of 5, as
+    # Flower's FedTrimmedAvg); fewer than 1 / trim-fraction sites are averaged untrimmed
+    clip_update_norm: float = 0.0  # each site's update scaled down to this L2 norm before aggregation; 0 = off
+    max_update_norm: float = 0.0  # a site's update (L2, encoder sent to encoder returned) above this is
+    # rejected; 0 = no bound (an honest norm depends on model size, lr and local epochs, so none fits all)
+    max_train_windows: int = 0  # a site claiming more training windows is rejected; 0 = no cap (the server
+    # cannot know site sizes in advance); a site's later claims are capped at its first accepted one
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,8 @@ class PrivacyArgs:
     dp: str = "none"  # "none", "central" (noise on the aggregate) or "local" (each site noises its update)
     dp_clip: float = 1.0  # L2 bound on one site's encoder update per round
     dp_noise: float = 1.0  # noise multiplier: Gaussian std = dp-noise x dp-clip
+    dp_epsilon: float = 0.0  # central DP: the server sets dp-noise so that num-server-rounds spend this
+    # epsilon at dp-delta, and makes it the budget (the rounds run are the ones calibrated for); 0 = off
     dp_delta: float = 1e-5  # the delta of the reported (epsilon, delta)
     dp_epsilon_budget: float = 0.0  # stop before a round would spend more than this epsilon; 0 = no budget
     sign_key: str = ""  # coordinator: Ed25519 private key signing every encoder it sends

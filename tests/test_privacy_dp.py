@@ -1,4 +1,5 @@
-"""Differential privacy on encoder updates: clipping, noise scale, the ε account and the ε budget."""
+"""Differential privacy on encoder updates: clipping, noise scale, the ε account, the ε budget and the noise
+the server calibrates for dp-epsilon."""
 
 import io
 import json
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant,
+                            SamplingMethod)
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 from scipy.optimize import brentq
@@ -17,9 +20,9 @@ from scipy.stats import norm
 import client.privacy
 from client.privacy import privacy_mod
 from server.app import main as server_main
-from server.privacy import DpStrategy, epsilon_after, noise_for_epsilon, wrap_strategy
+from server.privacy import DpStrategy, calibrated, wrap_strategy
 from shared.config import PrivacyArgs
-from shared.privacy import clip
+from shared.privacy import clip, epsilon_after, noise_for_epsilon
 from simulations.local import LocalGrid
 from tests.conftest import TINY, flower_message
 
@@ -73,8 +76,17 @@ class ZeroNoise:
         return np.zeros(size)
 
 
+class Inner(FedAvg):
+    """FedAvg exposing the replies it accepted, as server.strategy.EncoderFedAvg does after validating them."""
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        self.accepted = [r for r in replies if not r.has_error()]
+        return super().aggregate_train(server_round, replies)
+
+
 def _dp(privacy=CENTRAL, num_sites=2):
-    return DpStrategy(FedAvg(min_train_nodes=1, min_available_nodes=1), privacy, num_sites)
+    return DpStrategy(Inner(min_train_nodes=1, min_available_nodes=1), privacy, num_sites)
 
 
 def test_wrap_strategy_leaves_no_dp_alone_and_refuses_unknown_modes():
@@ -262,6 +274,46 @@ def test_the_calibrated_noise_spends_just_the_epsilon_asked(epsilon, rounds):
     assert epsilon_after(noise / 1.002, rounds, 1e-5) > epsilon  # the smallest such noise, to 0.1 %
     dp = _dp(replace(CENTRAL, dp_noise=noise, dp_epsilon_budget=epsilon), num_sites=2)
     dp.start(Grid(2), _arrays(w=np.zeros(3)), num_rounds=rounds)
-    assert dp.stopped_before is None and dp.epsilon() == pytest.approx(epsilon_after(noise, rounds, 1e-5))
+    assert dp.stopped_before is None and dp.epsilon() == epsilon_after(noise, rounds, 1e-5)  # the same account
     with pytest.raises(ValueError, match="positive"):
         noise_for_epsilon(0.0, rounds, 1e-5)
+
+
+def _server_run(tmp_path, **changes):
+    """The ServerApp and ClientApp in one process (simulations.local) on 2 demo sites; the run's privacy summary."""
+    run_config = {**TINY, "demo-sites": 2, "stat-models": "", "out-dir": str(tmp_path / "run"),
+                  "cache-dir": str(tmp_path / "cache"), **changes}
+    server_main(LocalGrid(run_config, 2), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                                  run_config=run_config))
+    return json.loads((tmp_path / "run" / "summary.json").read_text())["privacy"]
+
+
+def test_dp_epsilon_calibrates_the_noise_so_the_configured_rounds_spend_that_epsilon(tmp_path):
+    privacy = _server_run(tmp_path, **{"num-server-rounds": 3, "dp": "central", "dp-clip": 0.5, "dp-epsilon": 6.0})
+
+    noise = privacy["dp_noise"]
+    assert noise == noise_for_epsilon(6.0, 3, 1e-5) and privacy["dp_epsilon_budget"] == privacy["dp_epsilon"] == 6.0
+    assert privacy["stopped_before_round"] is None and list(privacy["epsilon_by_round"]) == ["1", "2", "3"]
+    accountant = RdpAccountant(PrivacyConfig(  # a fresh account of 3 rounds
+        target_delta=1e-5, population_size=2, neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+        sampling_method=SamplingMethod.NO_AMPLIFICATION))
+    for _ in range(3):
+        accountant.compose(GaussianPrivacyEvent(noise, 2, 2))
+    assert privacy["epsilon"] == accountant.get_epsilon(1e-5)
+    assert 0.99 * 6.0 < privacy["epsilon"] <= 6.0
+    # the noise was set for these 3 rounds: a resumed run may not run a different number
+    with pytest.raises(ValueError, match="same num-server-rounds"):
+        _server_run(tmp_path, **{"num-server-rounds": 4, "dp": "central", "dp-clip": 0.5, "dp-epsilon": 6.0,
+                                 "resume": True})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dp": "central", "dp-noise": 2.0}, "set one of them"),
+    ({"dp": "local"}, "needs dp = 'central'"),
+    ({"dp": "central", "dp-epsilon-budget": 3.0}, "leave dp-epsilon-budget at 0"),
+])
+def test_dp_epsilon_refuses_settings_that_contradict_it(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):  # before pretraining: no grid message, no cache
+        _server_run(tmp_path, **{"dp-epsilon": 4.0, **changes})
+    assert not (tmp_path / "cache").exists()
+    assert calibrated(PrivacyArgs(dp="central", dp_noise=2.0), 3).dp_noise == 2.0  # without dp-epsilon: as set

@@ -1,21 +1,24 @@
 """The server's round loop in-process: resume ends where an uninterrupted run ends; lost sites are reported.
 
 A fake Grid hands each message to the real ClientApp in this process, so these tests cover the
-ServerApp's main, the strategy, the checkpoints and the sites' state without starting Flower.
+ServerApp's main, the strategy, the checkpoints and the sites' state without starting Flower; the
+loop itself is also run alone, with a recording strategy and a grid that echoes what it is sent.
 """
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
 from server.app import main as server_main
-from server.rounds import STATE_FILE
+from server.rounds import STATE_FILE, RoundLoop, RunState
 from server.strategy import TooFewSites
+from shared import wire
 from tests.conftest import TINY, flower_message
 
 SITES = {11: 0, 12: 1}  # node id -> partition id
@@ -130,3 +133,87 @@ def test_a_minimal_reports_run_completes_with_nameless_sites_and_no_figures(tmp_
     # the same aggregate as a full-reports run: nothing aggregation needs was dropped
     a, b = _encoder(full), _encoder(out)
     assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+
+
+class Recording:
+    """A strategy that records what each phase sent; training adds 1 to every array (packed, as on the wire)."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, int, dict, float]] = []  # phase, round, config, the arrays' sum
+        self.count = 0  # a stateful part: phases seen
+
+    def _configure(self, phase, server_round, arrays, config, grid):
+        self.count += 1
+        self.sent.append((phase, server_round, dict(config), float(arrays[wire.KEY].numpy().sum())))
+        return [arrays]
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return self._configure("train", server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self._configure("evaluate", server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        (arrays,) = replies
+        return ArrayRecord({wire.KEY: Array(arrays[wire.KEY].numpy() + 1)}), None
+
+    def aggregate_evaluate(self, server_round, replies):
+        return None
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+class EchoGrid:
+    def send_and_receive(self, messages, timeout=None):
+        return list(messages)
+
+
+def _loop(out, strategy, num_rounds=4, train=None):
+    def sign(arrays, server_round):
+        return f"{server_round}:{float(arrays['w'].sum())}".encode()
+
+    return RoundLoop(strategy, EchoGrid(), out, num_rounds, ConfigRecord({"run-key": "k"}),
+                     lambda r: r % 2 == 0 or r == num_rounds, parts={"strategy": strategy}, timeout=1.0, sign=sign,
+                     train=train)
+
+
+def test_the_loop_checkpoints_every_phase_signs_every_message_and_resumes_a_pending_evaluation(tmp_path):
+    strategy = Recording()
+    start = RunState(arrays={"w": torch.zeros(2, 3)}, config={}, model_args={})
+    state = _loop(tmp_path / "whole", strategy).run(start)
+    assert state.round == 4 and state.evaluated and torch.equal(state.arrays["w"], torch.full((2, 3), 4.0))
+    assert [(phase, r) for phase, r, _, _ in strategy.sent] == [
+        ("train", 1), ("train", 2), ("evaluate", 2), ("train", 3), ("train", 4), ("evaluate", 4)]
+    # each message carries the run's config and the signature of the arrays it sends, for its round
+    assert all(config["run-key"] == "k" and config["encoder-signature"] == f"{r}:{total}".encode()
+               for _, r, config, total in strategy.sent)
+
+    # a train phase that fails in round 2, after the loop checkpointed round 1 ...
+    def failing(server_round, arrays):
+        if server_round == 2:
+            raise RuntimeError("stopped")
+        return {k: v + 1 for k, v in arrays.items()}
+
+    stopped = Recording()
+    with pytest.raises(RuntimeError, match="stopped"):
+        _loop(tmp_path / "resumed", stopped, train=failing).run(start)
+    assert stopped.sent == [] and _encoder(tmp_path / "resumed")["round"] == 1  # the phase replaced the strategy's
+    saved = RunState.load(tmp_path / "resumed", {})
+    assert saved.round == 1 and not saved.evaluated and saved.parts == {"strategy": {"count": 0}}
+    # ... then resumed with the plain phase, it ends where the whole run did
+    resumed = Recording()
+    state = _loop(tmp_path / "resumed", resumed).run(saved)
+    assert state.round == 4 and torch.equal(state.arrays["w"], torch.full((2, 3), 4.0))
+    assert [(phase, r) for phase, r, _, _ in resumed.sent] == [
+        ("train", 2), ("evaluate", 2), ("train", 3), ("train", 4), ("evaluate", 4)]
+    assert resumed.count == 5 and RunState.load(tmp_path / "resumed", {}).parts == {"strategy": {"count": 5}}
+
+    # killed during round 4's evaluation: the resumed run evaluates round 4 first, and trains nothing more
+    pending = replace(RunState.load(tmp_path / "whole", {}), evaluated=False)
+    again = Recording()
+    state = _loop(tmp_path / "whole", again).run(pending)
+    assert [(phase, r) for phase, r, _, _ in again.sent] == [("evaluate", 4)] and state.evaluated

@@ -1,8 +1,9 @@
 """SecAgg+ rounds (server.secagg, client.secagg): the server gets FedAvg of updates it never sees.
 
-In process (seconds): `run_secagg` drives the real SecAgg+ workflow against real `secagg_mod`
-ClientApps through a grid that hands messages over in memory (serialised as on the wire), and the
-App itself runs with secagg off and on (simulations.local). Flower processes (about half a minute):
+In process (seconds): `SecAggTrain`, the round loop's SecAgg+ train phase, drives the real SecAgg+
+workflow one round at a time against real `secagg_mod` ClientApps through a grid that hands messages
+over in memory (serialised as on the wire); the round loop runs with it (checkpoints, resume,
+evaluation), and the App itself runs with secagg off and on (simulations.local). Flower processes (about half a minute):
 the real train and evaluate handlers in the simulation engine, through a copy of this App whose
 components are `tests/secagg_probe_app.py`, which records what each site computed and sent.
 """
@@ -28,7 +29,8 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.secagg import is_secagg, secagg_mod, to_legacy, to_plain
-from server.secagg import ARRAY_KEYS, CLIPPING_RANGE, MAX_WEIGHT, error_bound, quantization_range, run_secagg
+from server.secagg import ARRAY_KEYS, CLIPPING_RANGE, MAX_WEIGHT, SecAggTrain, error_bound, quantization_range
+from server.strategy import EncoderFedAvg, TooFewSites
 from shared import wire
 from shared.config import Settings
 from tests.conftest import TINY
@@ -149,17 +151,23 @@ def _initial() -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(rng.normal(0.0, 0.5, shape).astype(np.float32)) for k, shape in SHAPES.items()}
 
 
-def _run(nodes: int = 3, rounds: int = 2, fail: dict[int, tuple] | None = None, max_weight: float = 1000.0, **secagg):
+def _run(out: Path, nodes: int = 3, rounds: int = 2, fail: dict[int, tuple] | None = None,
+         max_weight: float = 1000.0, **secagg):
+    """`rounds` calls of the SecAgg+ train phase; a round that raises TooFewSites is `halted` (global kept)."""
     recorder = Recorder()
     ids = [1000 + 7 * i for i in range(nodes)]
     grid = MemoryGrid({nid: _site_app(i, recorder, (fail or {}).get(i, ())) for i, nid in enumerate(ids)})
-    settings = Settings.from_config({**TINY, "num-server-rounds": rounds, "min-train-nodes": nodes})
-    seen = []
-    result = run_secagg(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                        settings, _initial(), {"model-args": "{}"},
-                        on_round=lambda r, arrays, record: seen.append((r, arrays.to_torch_state_dict(), record.rows)),
-                        max_weight=max_weight, **secagg)
-    return result, seen, recorder, ids, grid
+    fedavg = EncoderFedAvg(out, fraction_train=1.0, min_train_nodes=2, min_available_nodes=nodes)
+    train = SecAggTrain(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+                        Settings.from_config(TINY), fedavg, {"model-args": "{}"}, max_weight=max_weight, **secagg)
+    arrays, seen, halted = _initial(), [], []
+    for server_round in range(1, rounds + 1):
+        try:
+            arrays = train(server_round, arrays)
+        except TooFewSites:
+            halted.append(server_round)
+        seen.append((server_round, arrays, [row for row in fedavg.log.rows if row["round"] == server_round]))
+    return SimpleNamespace(arrays=arrays, halted=halted), seen, recorder, ids, grid
 
 
 def _fedavg(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.ndarray]:
@@ -197,8 +205,8 @@ def _max_diff(a: dict, b: dict) -> float:
 # ---------------------------------------------------------------- in process
 
 
-def test_secagg_round_is_fedavg_of_updates_the_server_never_sees():
-    result, seen, recorder, ids, grid = _run(rounds=2)
+def test_secagg_round_is_fedavg_of_updates_the_server_never_sees(tmp_path):
+    result, seen, recorder, ids, grid = _run(tmp_path, rounds=2)
     assert [r for r, _, _ in seen] == [1, 2] and result.halted == []
     for server_round, global_state, rows in seen:
         expected = _fedavg([recorder.plain[(nid, server_round)] for nid in ids])
@@ -218,12 +226,12 @@ def test_secagg_round_is_fedavg_of_updates_the_server_never_sees():
             assert not _masked_away([np.rint(_unmasked(sent, n, 1000, 3))], sent, n, 1000, 3)  # it can fail
     # the train handler saw only the collect-masked-vectors stage: once per node and round
     assert len(recorder.plain) == 3 * 2 and recorder.ordinary == 3 * 2
-    assert result.arrays.to_torch_state_dict().keys() == _initial().keys()
+    assert result.arrays.keys() == _initial().keys()
 
 
-def test_dropout_within_threshold_completes_the_round():
+def test_dropout_within_threshold_completes_the_round(tmp_path):
     # 3 sites, shares 3, threshold 2: site 2 fails while training in round 2, after sharing its keys
-    result, seen, recorder, ids, _ = _run(rounds=2, fail={2: (2,)})
+    result, seen, recorder, ids, _ = _run(tmp_path, rounds=2, fail={2: (2,)})
     assert result.halted == []
     _, global_2, rows = seen[1]
     expected = _fedavg([recorder.plain[(nid, 2)] for nid in ids[:2]])
@@ -231,17 +239,17 @@ def test_dropout_within_threshold_completes_the_round():
     assert [(row["site"], "error" in row) for row in rows] == [("site00", False), ("site01", False), ("site02", True)]
 
 
-def test_too_many_dropouts_halt_the_round_and_keep_the_global():
-    result, seen, _, _, _ = _run(rounds=2, fail={1: (2,), 2: (2,)})
+def test_too_many_dropouts_halt_the_round_and_keep_the_global(tmp_path):
+    result, seen, _, _, _ = _run(tmp_path, rounds=2, fail={1: (2,), 2: (2,)})
     assert result.halted == [2]
     (_, global_1, _), (_, global_2, rows) = seen
     assert _max_diff(global_1, global_2) == 0.0
     assert all("error" in row for row in rows) and len(rows) == 3
 
 
-def test_weights_above_the_max_weight_are_capped_and_flagged():
+def test_weights_above_the_max_weight_are_capped_and_flagged(tmp_path):
     # site n = 100, 200, 300 with max weight 200: site02 counts as 200
-    result, seen, recorder, ids, _ = _run(rounds=1, max_weight=200.0)
+    result, seen, recorder, ids, _ = _run(tmp_path, rounds=1, max_weight=200.0)
     _, global_1, rows = seen[0]
     updates = [recorder.plain[(nid, 1)] for nid in ids]
     expected = _fedavg([(u, min(n, 200)) for u, n in updates])
@@ -250,10 +258,9 @@ def test_weights_above_the_max_weight_are_capped_and_flagged():
 
 
 def _app_rounds(tmp_path, num_rounds: int, min_train_nodes: int = 2, fail: dict | None = None, resume: bool = False):
-    """run_secagg_rounds as server/app.py calls it, against in-memory sites that also evaluate."""
-    from server.rounds import RunState
-    from server.secagg import run_secagg_rounds
-    from server.strategy import EncoderFedAvg
+    """The round loop with the SecAgg+ train phase as server/app.py runs it, against in-memory sites that
+    also evaluate."""
+    from server.rounds import RoundLoop, RunState
 
     recorder, ids = Recorder(), [1000 + 7 * i for i in range(3)]
     apps = {nid: _site_app(i, recorder, (fail or {}).get(i, ())) for i, nid in enumerate(ids)}
@@ -270,9 +277,9 @@ def _app_rounds(tmp_path, num_rounds: int, min_train_nodes: int = 2, fail: dict 
     state = RunState.load(tmp_path, {}) if resume else RunState(arrays=_initial(), config={}, model_args={})
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     config = ConfigRecord({"model-args": "{}", "run-key": state.run_key})
-    state = run_secagg_rounds(fedavg, grid, state, tmp_path, num_rounds, config, config,
-                              lambda r: r == num_rounds, {"strategy": fedavg}, 60.0, None,
-                              context=context, settings=settings, fedavg=fedavg)
+    train = SecAggTrain(grid, context, settings, fedavg, config, timeout=60.0)
+    state = RoundLoop(fedavg, grid, tmp_path, num_rounds, config, lambda r: r == num_rounds,
+                      parts={"strategy": fedavg}, timeout=60.0, train=train).run(state)
     return state, fedavg, recorder
 
 
@@ -295,8 +302,6 @@ def test_app_rounds_checkpoint_resume_and_evaluate(tmp_path):
 
 
 def test_app_rounds_below_min_train_nodes_raise_like_the_plain_loop(tmp_path):
-    from server.strategy import TooFewSites
-
     with pytest.raises(TooFewSites, match="site02"):
         _app_rounds(tmp_path, num_rounds=2, min_train_nodes=3, fail={2: (2,)})
     assert torch.load(tmp_path / "global_encoder.pt", weights_only=False)["round"] == 1  # round 2 not saved
@@ -323,10 +328,13 @@ def test_signed_encoders_verify_at_the_sites_under_secagg(tmp_path):
 
         app.train(mods=[secagg_mod])(train)
         apps[nid] = app
-    settings = Settings.from_config({**TINY, "num-server-rounds": 2, "min-train-nodes": 3})
-    result = run_secagg(MemoryGrid(apps), Context(1, 0, {}, RecordDict(), {}), settings, _initial(), {"model-args": "{}"},
-                        sign=partial(sign_encoder, load_private_key(private)))
-    assert sorted(verified) == [(s, r) for s in range(3) for r in (1, 2)] and result.halted == []
+    fedavg = EncoderFedAvg(tmp_path, fraction_train=1.0, min_train_nodes=3, min_available_nodes=3)
+    train = SecAggTrain(MemoryGrid(apps), Context(1, 0, {}, RecordDict(), {}), Settings.from_config(TINY), fedavg,
+                        {"model-args": "{}"}, sign=partial(sign_encoder, load_private_key(private)))
+    arrays = _initial()
+    for server_round in (1, 2):
+        arrays = train(server_round, arrays)
+    assert sorted(verified) == [(s, r) for s in range(3) for r in (1, 2)]
 
 
 # ---------------------------------------------------------------- the translation alone
