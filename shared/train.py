@@ -140,13 +140,15 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
     return best
 
 
-def anchor_head(model: Forecaster, windows: Windows, weight: float = 0.9) -> str:
+def anchor_head(model: Forecaster, windows: Windows, weight: float = 0.9, given: np.ndarray | None = None) -> str:
     """Point a fresh head's mix at the simple forecast (naive or seasonal naive) with the lowest
-    MAE on `windows` (training windows: no validation data is used), giving it `weight`.
+    MAE on `windows` (training windows: no validation data is used), giving it `weight`. `given`:
+    one more forecast of `windows` in the running, for a head that mixes it after the simple ones.
 
     The head then starts as the best simple forecast the site's own history supports and learns a
     correction to it; early stopping keeps it there when no correction helps. A model reading
-    covariates also standardises them with their mean and std over these windows. Returns the lag name.
+    covariates also standardises them with their mean and std over these windows. Returns the lag
+    name, or "given".
     """
     if model.args.futr_exog:
         if windows.exog.shape[2] != len(model.args.futr_exog):
@@ -157,8 +159,10 @@ def anchor_head(model: Forecaster, windows: Windows, weight: float = 0.9) -> str
             model.head.exog_mean.copy_(torch.from_numpy(values.mean(axis=0)))
             std = values.std(axis=0)
             model.head.exog_std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))  # a constant column: unscaled
-    errors = [forecast_errors(seasonal_naive(windows.x, model.args.horizon, lag), windows.y, windows.mask,
-                              windows.scale)["mae"] for lag in model.args.lags]
+    forecasts = {f"lag {lag}": seasonal_naive(windows.x, model.args.horizon, lag) for lag in model.args.lags}
+    if given is not None:
+        forecasts["given"] = given
+    errors = [forecast_errors(f, windows.y, windows.mask, windows.scale)["mae"] for f in forecasts.values()]
     best = int(np.argmin(errors))
     k = len(errors)
     logits = torch.zeros_like(model.head.mix)
@@ -166,7 +170,7 @@ def anchor_head(model: Forecaster, windows: Windows, weight: float = 0.9) -> str
         logits[best] = float(np.log(weight * (k - 1) / (1 - weight)))
     with torch.no_grad():
         model.head.mix.copy_(logits)
-    return f"lag {model.args.lags[best]}"
+    return list(forecasts)[best]
 
 
 def _set_encoder_trainable(model: Forecaster, trainable: bool) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from shared.data import DataError, Windows, make_splits, regularize, validate
 from shared.synthetic import demo_sites
-from simulations.ceiling import (ARMS, COVARIATE_ARMS, KNOWN_AHEAD_ARMS, MLP_ARMS, PooledMLP, Ridge, calendar,
-                                 covariate_inputs, main, read_covariates)
+from studies.ceiling import (ARMS, COVARIATE_ARMS, KNOWN_AHEAD_ARMS, MLP_ARMS, PooledMLP, Ridge, calendar,
+                             covariate_inputs, main, read_covariates)
 
 
 def windows(x: np.ndarray, y: np.ndarray) -> Windows:
@@ -23,7 +23,8 @@ def test_ceiling_scores_every_arm_at_every_site_and_cutoff(tmp_path):
     data = tmp_path / "sites.csv"
     demo_sites(n_sites=3, length=24 * 30, seed=1).to_csv(data, index=False)
     argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--history", "264", "--cutoffs", "2",
-            "--lookback", "48", "--horizon", "12", "--val-size", "96", "--test-size", "48", "--stride", "12"]
+            "--lookback", "48", "--horizon", "12", "--val-size", "96", "--test-size", "48", "--stride", "12",
+            "--set", "lags=1 24"]
     assert main(argv) == 0
     report = json.loads((tmp_path / "out" / "ceiling.json").read_text())
     rows = report["per_site"]
@@ -69,7 +70,7 @@ def _demo(tmp_path):
 
 
 ARGV = ["--history", "264", "--cutoffs", "1", "--lookback", "48", "--horizon", "12", "--val-size", "96",
-        "--test-size", "48", "--stride", "12"]
+        "--test-size", "48", "--stride", "12", "--set", "lags=1 24"]
 
 
 def test_covariates_are_read_at_each_windows_last_input_time_and_reach_the_report(tmp_path):

@@ -1,10 +1,10 @@
-"""simulations.guard_rules: the serving rules' figures, by hand on a two-site report."""
+"""studies.guard_rules: the serving rules' figures, by hand on a two-site report."""
 
 import json
 
 import pytest
 
-from simulations.guard_rules import main, rule_summary
+from studies.guard_rules import main, rule_summary
 
 
 def _report() -> dict:

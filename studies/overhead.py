@@ -1,7 +1,7 @@
 """What a deployment round costs beyond the training itself.
 
-    python -m simulations.overhead [--sites 2] [--rounds 5] [--poll 1.0 0.1] [--supernode-poll 0.5 0]
-                                   [--reply-poll 0.2 3] [--set KEY=VALUE] [--out DIR]
+    python -m studies.overhead [--sites 2] [--rounds 5] [--poll 1.0 0.1] [--supernode-poll 0.5 0]
+                               [--reply-poll 0.2 3] [--set KEY=VALUE] [--out DIR]
 
 For a tiny model, runs the same federation in this process (simulations.local: the ServerApp and
 ClientApp without Flower processes, each handler timed) and as a deployment pilot
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     compute = in_process(out / "in-process", args.sites, args.rounds)
-    report = {"command": "python -m simulations.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": "python -m studies.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
               "sites": args.sites, "rounds": args.rounds, "settings": TINY, "pilot_settings": args.set,
               "in_process_seconds": compute, "deployment": []}
     print(f"training per round, in process (slowest site): "

@@ -1,12 +1,12 @@
 """What our model gives when its head starts from the site's statistical forecast, not a simple one.
 
-    python -m simulations.anchored beijing|nn5 [--history H --val-size V] [--out DIR]   # a preset
-    python -m simulations.anchored --data FILE --history H ... [--set KEY=VALUE]         # the ceiling's options
+    python -m studies.anchored beijing|nn5 [--history H --val-size V] [--out DIR]   # a preset
+    python -m studies.anchored --data FILE --history H ... [--set KEY=VALUE]         # the ceiling's options
 
 The product's head mixes the naive and seasonal-naive forecasts and learns a correction to them
 from the encoder's tokens (shared.model). Where the statistical models are far ahead of those (NN5),
 that start is far from the best a site can do alone. This check gives the head the site's
-`stat_choice` forecast (simulations.ceiling: the best of the simple and statistical options on
+`stat_choice` forecast (studies.ceiling: the best of the simple and statistical options on
 validation) as one more forecast to mix, and scores per site and cutoff, on the comparison's
 cutoffs, splits and test windows, against `stat_choice`:
 
@@ -18,7 +18,7 @@ cutoffs, splits and test windows, against `stat_choice`:
 - `served_on_stat`: `pretrained_on_stat` where the guard (shared.guard, on the judging validation
   windows) would serve it, `stat_choice` elsewhere.
 
-No federation: on these data the rounds leave the pretrained encoder where it was (README), so
+No federation: on these data the rounds leave the pretrained encoder where it was (docs/benchmarks.md: What the sites actually send), so
 `pretrained_on_*` is what the federated model would be with each head. Writes DIR/anchored.json:
 rows per site and cutoff, `summary` over them and `summary_by_site` over sites' means across cutoffs.
 """
@@ -34,20 +34,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from shared.guard import divide
-from shared.baselines import seasonal_naive
 from shared.checkpoint import write_json
-from shared.config import Settings, parse_overrides
+from shared.config import TrainArgs
 from shared.data import Splits, Windows
-from shared.guard import decide
-from shared.metrics import window_mae
+from shared.guard import decide, divide
+from shared.metrics import forecast_errors, window_mae
 from shared.model import Forecaster, ModelArgs, normalize
 from shared.pretrain import initial_model
-from shared.config import TrainArgs
-from shared.train import fine_tune, predict, round_seed
-from simulations.ceiling import mae, parse, plan, print_summary, site_choices, summarize
+from shared.train import anchor_head, fine_tune, predict, round_seed
 from simulations.compare import window_slice
-from simulations.runner import APP_DIR
+from studies.ceiling import parse, plan, print_summary, site_choices, summarize
 
 ARMS = ("pretrained_on_simple", "pretrained_on_stat", "served_on_stat")
 
@@ -72,27 +68,16 @@ def with_given(w: Windows, given: np.ndarray) -> Windows:
     return Windows(np.hstack([w.x, given.astype(np.float32)]), w.y, w.mask, w.scale, w.series, w.origin)
 
 
-def start_at_best(model: Forecaster, forecasts: list[np.ndarray], train: Windows, weight: float = 0.9) -> int:
-    """Point the head's mix at the forecast of lowest training-window MAE (as shared.train.anchor_head)."""
-    best, k = int(np.argmin([mae(f, train) for f in forecasts])), len(forecasts)
-    logits = torch.zeros_like(model.head.mix)
-    logits[best] = float(np.log(weight * (k - 1) / (1 - weight)))
-    with torch.no_grad():
-        model.head.mix.copy_(logits)
-    return best
-
-
 def site_rows(name: str, splits: Splits, choice: str, given: dict[str, np.ndarray], pretrained: Forecaster,
               train: TrainArgs, margin: float) -> list[dict]:
     """Both heads fine-tuned on one site's fitting windows, scored on test; the guard's choice for the stat one."""
     args, parts = pretrained.args, ("train", "val", "test")
-    simple = [seasonal_naive(splits.train.x, args.horizon, lag) for lag in args.lags]
     anchored = Splits(*(with_given(getattr(splits, k), given[k]) for k in parts))
     preds, starts = {}, {}
-    for arm, model, data in (("pretrained_on_simple", Forecaster(args), splits),
-                             ("pretrained_on_stat", StatAnchored(args), anchored)):
+    for arm, model, data, extra in (("pretrained_on_simple", Forecaster(args), splits, None),
+                                    ("pretrained_on_stat", StatAnchored(args), anchored, given["train"])):
         model.encoder.load_state_dict(pretrained.encoder.state_dict())
-        starts[arm] = start_at_best(model, simple + ([given["train"]] if data is anchored else []), splits.train)
+        starts[arm] = anchor_head(model, splits.train, given=extra)
         fine_tune(model, divide(data)[0], replace(train, seed=round_seed(train.seed, name, -1)))
         preds[arm] = {k: predict(model, getattr(data, k).x, getattr(data, k).exog) for k in ("val", "test")}
     judging = divide(splits)[1]
@@ -100,19 +85,19 @@ def site_rows(name: str, splits: Splits, choice: str, given: dict[str, np.ndarra
                       window_mae(given["val"], splits.val.y, splits.val.mask)[judging], margin=margin)
     preds["served_on_stat"] = {"test": preds["pretrained_on_stat"]["test"] if decision.serve == "federated"
                                else given["test"]}
-    base = mae(given["test"], splits.test)
-    return [{"site": name, "arm": arm, "mae": mae(p["test"], splits.test), "skill": 1 - mae(p["test"], splits.test) / base,
-             "stat_choice": choice, **({"start": starts[arm]} if arm in starts else {"serve": decision.serve})}
-            for arm, p in preds.items()] + [{"site": name, "arm": "stat_choice", "mae": base, "skill": 0.0,
-                                             "stat_choice": choice}]
+    test = splits.test
+    errors = {arm: forecast_errors(p["test"], test.y, test.mask, test.scale)["mae"] for arm, p in preds.items()}
+    base = forecast_errors(given["test"], test.y, test.mask, test.scale)["mae"]
+    return [{"site": name, "arm": arm, "mae": e, "skill": 1 - e / base, "stat_choice": choice,
+             **({"start": starts[arm]} if arm in starts else {"serve": decision.serve})} for arm, e in errors.items()
+            ] + [{"site": name, "arm": "stat_choice", "mae": base, "skill": 0.0, "stat_choice": choice}]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv), prefix="anchored", doc=__doc__)
     started = time.monotonic()
     try:
-        frame, config, cutoffs = plan(args)
-        settings = Settings.checked({**config, "cache-dir": str(APP_DIR / ".cache"), **parse_overrides(args.set)})
+        frame, config, settings, cutoffs = plan(args)
         if settings.model.futr_exog:
             raise ValueError("the anchored check does not read covariates: run it without futr-exog")
     except ValueError as exc:  # bad data (DataError) or run config: the message names the file, key or series
@@ -121,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     pretrained, _ = initial_model(settings)
     rows = []
     for cutoff in cutoffs:
-        part = window_slice(frame, cutoff, args.history, int(config["test-size"]))
-        for name, (splits, choice, given) in site_choices(part, config).items():
+        part = window_slice(frame, cutoff, args.history, settings.data.test_size)
+        for name, (splits, choice, given) in site_choices(part, settings).items():
             rows += [{**r, "cutoff": str(cutoff)} for r in site_rows(name, splits, choice, given, pretrained,
                                                                   settings.train, settings.site.guard_margin)]
         print(f"[{time.monotonic() - started:5.0f} s] cutoff {cutoff}: {part['site'].nunique()} sites", flush=True)

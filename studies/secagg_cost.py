@@ -1,12 +1,12 @@
 """What SecAgg+ costs a round: bytes each way per site, and time, against the same round without it.
 
-    python -m simulations.secagg_cost [--sites 4] [--rounds 1] [--out DIR] [--set KEY=VALUE ...]
+    python -m studies.secagg_cost [--sites 4] [--rounds 1] [--out DIR] [--set KEY=VALUE ...]
 
 Runs the App (ServerApp and ClientApp, default model unless --set says otherwise) in this one
 process (simulations.local) on the built-in demo sites, once plain and once with secagg=true, and
 counts what each train message weighs on the wire. Training time is the same in both: the
 difference is SecAgg+'s key agreement, sharing, masking and unmasking (and its three extra
-message exchanges, which in a deployment each add a round trip: simulations.overhead). Writes
+message exchanges, which in a deployment each add a round trip: studies.overhead). Writes
 DIR/secagg_cost.json.
 """
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         Settings.checked(base)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    report = {"command": "python -m simulations.secagg_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": "python -m studies.secagg_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
               "sites": args.sites, "rounds": args.rounds}
     for name, secagg in (("plain", False), ("secagg", True)):
         report[name] = measure(out / name, {**base, "secagg": secagg, "out-dir": str(out / name)}, args.sites)

@@ -1,6 +1,6 @@
 """What other serving rules would have given, from a comparison's report (no training, no Flower).
 
-    python -m simulations.guard_rules runs/benchmark-beijing/report.json [more reports]
+    python -m studies.guard_rules runs/benchmark-beijing/report.json [more reports]
 
 The report's `guard` rows hold, per site and cutoff, the judging validation MAE of the federated
 model and of the site's alone_best, and what the guard served; `per_cutoff` holds every arm's test

@@ -1,12 +1,12 @@
 """What pooling every site's windows could give at all, with the simplest global models.
 
-    python -m simulations.ceiling beijing|nn5 [--out DIR]     # a benchmark preset (../shared/data)
-    python -m simulations.ceiling --data FILE --history H ... # the compare options it reads
-    python -m simulations.ceiling beijing --covariates ../shared/data/beijing_air/pm25_hourly_with_covariates.parquet \
-        --out runs/ceiling-beijing-covariates                # with past weather and pollutants
-    python -m simulations.ceiling beijing --covariates ... --known-ahead TEMP,PRES,DEWP,RAIN,WSPM \
-        --out runs/ceiling-beijing-known-ahead               # and a perfect forecast of the weather
-    python -m simulations.ceiling nn5 --calendar             # with the calendar, known ahead
+    python -m studies.ceiling beijing|nn5 [--out DIR]     # a benchmark preset (../shared/data)
+    python -m studies.ceiling --data FILE --history H ... # the compare options it reads
+    python -m studies.ceiling beijing --covariates ../shared/data/beijing_air/pm25_hourly_with_covariates.parquet \
+        --out runs/ceiling-beijing-covariates            # with past weather and pollutants
+    python -m studies.ceiling beijing --covariates ... --known-ahead TEMP,PRES,DEWP,RAIN,WSPM \
+        --out runs/ceiling-beijing-known-ahead           # and a perfect forecast of the weather
+    python -m studies.ceiling nn5 --calendar             # with the calendar, known ahead
 
 A check on the comparison's targets, not an arm: if a model fitted on all sites' pooled windows
 (what no site may do) cannot beat a site's best simple or statistical option, a federated model
@@ -56,14 +56,13 @@ import torch
 
 from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import write_json
-from shared.config import DataArgs, frequency_defaults
-from shared.data import DataError, Splits, Windows, make_splits, read_table, regularize, season_length, seasons
+from shared.config import Settings
+from shared.data import DataError, Splits, Windows, make_splits, read_table, regularize, season_length
 from shared.metrics import forecast_errors
 from shared.model import EPS
-from shared.sites import read_sites
 from shared.statistical import STAT_MODELS, frame_n_train, statistical_predictions
 from simulations.benchmark import PRESETS
-from simulations.compare import cutoff_times, window_slice
+from simulations.compare import cutoff_times, read_setup, window_slice
 
 PENALTIES = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 ARMS = ("pooled_ridge", "local_ridge", "pooled_ridge_on_naive", "pooled_ridge_on_stat", "pooled_ridge_on_stat_if_better",
@@ -122,7 +121,8 @@ class Ridge:
 
         def score(p):
             self.fit(p)
-            return np.mean([mae(self.predict(w.x, g, e), w) for w, g, e in zip(val, given, extra)])
+            return np.mean([forecast_errors(self.predict(w.x, g, e), w.y, w.mask, w.scale)["mae"]
+                            for w, g, e in zip(val, given, extra)])
         return self.fit(min(PENALTIES, key=score))
 
 
@@ -172,10 +172,6 @@ class PooledMLP:
         return (correction + anchor) * std + mean
 
 
-def mae(pred: np.ndarray, w: Windows) -> float:
-    return forecast_errors(pred, w.y, w.mask, w.scale)["mae"]
-
-
 def stat_choice(frame: pd.DataFrame, splits: Splits, horizon: int, lags: list[int], val_size: int,
                 test_size: int) -> tuple[str, dict[str, np.ndarray]]:
     """(name, {"train", "val", "test": its forecasts}) of the site's best simple or statistical
@@ -190,7 +186,8 @@ def stat_choice(frame: pd.DataFrame, splits: Splits, horizon: int, lags: list[in
     for model in STAT_MODELS:
         pred = statistical_predictions(frame, every, n_train, horizon, season_length(frame.attrs["freq"]), model).pred
         options[model] = dict(zip(parts, np.split(pred, ends)))
-    best = min(options, key=lambda name: (mae(options[name]["val"], splits.val), name))
+    val = splits.val
+    best = min(options, key=lambda name: (forecast_errors(options[name]["val"], val.y, val.mask, val.scale)["mae"], name))
     return best, options[best]
 
 
@@ -260,25 +257,24 @@ def covariate_inputs(table: pd.DataFrame, sites: dict, step, offsets=(-1,)) -> d
     return {name: {k: np.nan_to_num((v - mean) / std) for k, v in parts.items()} for name, parts in values.items()}
 
 
-def site_choices(part: pd.DataFrame, config: dict) -> dict[str, tuple[Splits, str, dict[str, np.ndarray]]]:
+def site_choices(part: pd.DataFrame, settings: Settings) -> dict[str, tuple[Splits, str, dict[str, np.ndarray]]]:
     """{site: (splits, its stat_choice, that option's forecasts per split)} of one cutoff's slice."""
-    lookback, horizon = int(config["lookback"]), int(config["horizon"])
-    val_size, test_size = int(config["val-size"]), int(config["test-size"])
-    lags = [lag for lag in map(int, str(config["lags"]).split()) if lag <= lookback]
+    model, data = settings.model, settings.data
     sites = {}
     for name, rows in part.groupby("site", sort=True):
         rows = rows.reset_index(drop=True)
         rows.attrs = dict(part.attrs)
         frame, _ = regularize(rows)
-        splits = make_splits(frame, lookback, horizon, val_size, test_size, stride=int(config["stride"]))
-        sites[name] = (splits, *stat_choice(frame, splits, horizon, lags, val_size, test_size))
+        splits = make_splits(frame, model.lookback, model.horizon, data.val_size, data.test_size, stride=data.stride)
+        sites[name] = (splits, *stat_choice(frame, splits, model.horizon, list(model.lags), data.val_size,
+                                            data.test_size))
     return sites
 
 
-def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None = None,
+def run_cutoff(part: pd.DataFrame, settings: Settings, covariates: pd.DataFrame | None = None,
                known_ahead: list[str] | None = None, mlp: bool = False) -> list[dict]:
     """Rows {site, arm, mae, skill} of one cutoff's slice of the data."""
-    sites = site_choices(part, config)
+    sites = site_choices(part, settings)
     train, val = [s.train for s, _, _ in sites.values()], [s.val for s, _, _ in sites.values()]
     pooled = Ridge(train).tuned(val)
     on_naive = Ridge(train, anchor="naive").tuned(val)
@@ -290,7 +286,7 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
         with_covariates = Ridge(train, "given", given["train"], [e["train"] for e in extra.values()]).tuned(
             val, given["val"], [e["val"] for e in extra.values()])
     if known_ahead:
-        ahead = covariate_inputs(covariates[known_ahead], sites, step, range(-1, int(config["horizon"])))
+        ahead = covariate_inputs(covariates[known_ahead], sites, step, range(-1, settings.model.horizon))
         with_ahead = Ridge(train, "given", given["train"], [e["train"] for e in ahead.values()]).tuned(
             val, given["val"], [e["val"] for e in ahead.values()])
     if known_ahead and mlp:
@@ -301,9 +297,12 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
         local = Ridge([splits.train]).tuned([splits.val])
         combo = {k: (pooled.predict(getattr(splits, k).x) + chosen[k]) / 2 for k in ("val", "test")}
         corrected = {k: on_stat.predict(getattr(splits, k).x, chosen[k]) for k in ("val", "test")}
+        val, test = splits.val, splits.test
+        chosen_val = forecast_errors(chosen["val"], val.y, val.mask, val.scale)["mae"]
 
         def if_better(option):  # the option only where the site's validation MAE prefers it
-            return option["test"] if mae(option["val"], splits.val) < mae(chosen["val"], splits.val) else chosen["test"]
+            better = forecast_errors(option["val"], val.y, val.mask, val.scale)["mae"] < chosen_val
+            return option["test"] if better else chosen["test"]
         preds = {"stat_choice": chosen["test"], "pooled_ridge": pooled.predict(splits.test.x),
                  "local_ridge": local.predict(splits.test.x),
                  "pooled_ridge_on_naive": on_naive.predict(splits.test.x),
@@ -318,9 +317,9 @@ def run_cutoff(part: pd.DataFrame, config: dict, covariates: pd.DataFrame | None
         if known_ahead and mlp:
             learned = {k: nonlinear.predict(getattr(splits, k).x, chosen[k], ahead[name][k]) for k in ("val", "test")}
             preds |= {MLP_ARMS[0]: learned["test"], MLP_ARMS[1]: if_better(learned)}
-        base = mae(chosen["test"], splits.test)
-        rows += [{"site": name, "arm": arm, "mae": mae(p, splits.test), "skill": 1 - mae(p, splits.test) / base,
-                  "stat_choice": choice} for arm, p in preds.items()]
+        errors = {arm: forecast_errors(p, test.y, test.mask, test.scale)["mae"] for arm, p in preds.items()}
+        rows += [{"site": name, "arm": arm, "mae": e, "skill": 1 - e / errors["stat_choice"], "stat_choice": choice}
+                 for arm, e in errors.items()]
     return rows
 
 
@@ -346,6 +345,8 @@ def parse(argv: list[str], prefix: str = "ceiling", doc: str = __doc__) -> argpa
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("--data", "--out", "--covariates"):
         parser.add_argument(name, default="")
+    parser.add_argument("--site-column", default="site")
+    parser.add_argument("--max-sites", type=int, help="use the first N sites (sorted by name)")
     parser.add_argument("--known-ahead", default="", metavar="COLUMNS",
                         help="covariate columns whose actual values over the horizon are given (an oracle)")
     parser.add_argument("--calendar", action="store_true", help="calendar columns as covariates known ahead")
@@ -353,9 +354,10 @@ def parse(argv: list[str], prefix: str = "ceiling", doc: str = __doc__) -> argpa
     for name in ("--history", "--lookback", "--horizon", "--val-size", "--test-size", "--stride", "--spacing"):
         parser.add_argument(name, type=int)
     parser.add_argument("--cutoffs", type=int, default=3)
-    parser.add_argument("--rounds", help="read from a preset; no effect here")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config keys (model "
-                        "and training settings of the checks that train our model)")
+    parser.add_argument("--rounds", type=int, default=5, help="read from a preset; no effect here")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the checks that train our model")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key, as in "
+                        "simulations.compare (e.g. lags; the model and training of the checks that train our model)")
     if argv and argv[0] in PRESETS:
         argv = PRESETS[argv[0]] + ["--out", f"runs/{prefix}-{argv[0]}"] + argv[1:]
     args = parser.parse_args(argv)
@@ -364,16 +366,12 @@ def parse(argv: list[str], prefix: str = "ceiling", doc: str = __doc__) -> argpa
     return args
 
 
-def plan(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, list[pd.Timestamp]]:
-    """(sites' data, window settings with the frequency's defaults, cutoffs) of parsed options."""
-    frame = read_sites(DataArgs(data_path=str(Path(args.data).resolve())))
-    config = frequency_defaults(seasons(frame.attrs["freq"]))
-    chosen = {"lookback": args.lookback, "horizon": args.horizon, "val-size": args.val_size,
-              "test-size": args.test_size, "stride": args.stride}
-    config |= {k: v for k, v in chosen.items() if v is not None}
-    cutoffs = cutoff_times(frame, args.history, int(config["test-size"]), args.cutoffs,
-                           args.spacing or int(config["test-size"]))
-    return frame, config, cutoffs
+def plan(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, Settings, list[pd.Timestamp]]:
+    """(sites' data, run config and settings, cutoffs) of parsed options, as the comparison reads them."""
+    frame, _, config = read_setup(args)
+    settings = Settings.from_config(config)
+    test_size = settings.data.test_size
+    return frame, config, settings, cutoff_times(frame, args.history, test_size, args.cutoffs, args.spacing or test_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"error: --known-ahead: {args.covariates} has no numeric column {', '.join(unknown)}")
     try:
-        frame, config, cutoffs = plan(args)
-    except ValueError as exc:  # bad data (DataError): the message names the file, column or series
+        frame, config, settings, cutoffs = plan(args)
+    except ValueError as exc:  # bad data (DataError) or run config: the message names the file, key or series
         raise SystemExit(f"error: {exc}") from None
     if args.calendar:
         days = calendar(frame)
@@ -398,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         known_ahead += list(days.columns)
     rows = []
     for cutoff in cutoffs:
-        part = window_slice(frame, cutoff, args.history, int(config["test-size"]))
-        rows += [{**r, "cutoff": str(cutoff)} for r in run_cutoff(part, config, covariates, known_ahead, args.mlp)]
+        part = window_slice(frame, cutoff, args.history, settings.data.test_size)
+        rows += [{**r, "cutoff": str(cutoff)} for r in run_cutoff(part, settings, covariates, known_ahead, args.mlp)]
         print(f"[{time.monotonic() - started:5.0f} s] cutoff {cutoff}: {part['site'].nunique()} sites", flush=True)
     summary = summarize(rows)
     report = {"config": {"data": args.data, "covariates": args.covariates, "known_ahead": known_ahead, "calendar": args.calendar, "mlp": args.mlp, "history": args.history, "cutoffs": [str(c) for c in cutoffs], **config},
