@@ -7,13 +7,15 @@ import hashlib
 import hmac
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from shared.checkpoint import read_file, write_atomic
-from shared.config import DataArgs
-from shared.data import DataError, read_long, validate
+from shared.config import DataArgs, Settings, covariates, frequency_defaults, read_args
+from shared.model import ModelArgs
+from shared.data import DataError, Splits, check_lengths, make_splits, read_long, regularize, seasons, validate
 from shared.sealing import SealError, is_sealed
 from shared.synthetic import demo_sites
 
@@ -31,6 +33,54 @@ def read_sites(data: DataArgs, covariates: tuple[str, ...] = ()) -> pd.DataFrame
         raise DataError(f"the built-in demo data has no covariates {list(covariates)}; set data-path")
     frame = demo_sites(n_sites=data.demo_sites, length=data.demo_length, seed=data.demo_seed)
     return validate(frame, "built-in demo data", site_col="site", freq=data.freq or None)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A command's data and run config, checked before anything starts."""
+
+    frame: pd.DataFrame  # every site's series (shared.data.validate)
+    defaults: dict  # the window and model settings that suit the data's frequency (frequency_defaults)
+    config: dict  # the run config: data, those defaults, the command's choices, the user's overrides
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted(self.frame["site"].unique())
+
+
+def plan_run(data_path: str, site_column: str, overrides: dict, chosen: dict | None = None,
+             fixed: dict | None = None, whole_series: bool = True) -> RunPlan:
+    """Read the data and build the run config; a ValueError (DataError) names the file, key or series.
+
+    Later entries win: the data's frequency defaults, then `chosen` (the command's own settings), then
+    the user's `overrides`, then `fixed` (what the command cannot let the user change). With
+    `whole_series`, every series must be long enough for the windows (a backtest checks its slices).
+    """
+    base = {"data-path": str(Path(data_path).resolve()) if data_path else "", "site-column": site_column}
+    frame = read_sites(read_args(DataArgs, base | overrides), covariates(overrides))
+    defaults = frequency_defaults(seasons(frame.attrs["freq"]))
+    config = base | defaults | (chosen or {}) | overrides | (fixed or {})
+    settings = Settings.checked(config)
+    if whole_series:
+        check_lengths(frame, settings.model.lookback, settings.model.horizon, settings.data.val_size,
+                      settings.data.test_size, data_path or "built-in demo data")
+    return RunPlan(frame, defaults, config)
+
+
+def site_splits(frame: pd.DataFrame, data: DataArgs, args: ModelArgs) -> Splits:
+    """A site's windows under these settings (its regularised frame: shared.data.regularize)."""
+    return make_splits(frame, args.lookback, args.horizon, data.val_size, data.test_size, stride=data.stride,
+                       covariates=args.futr_exog)
+
+
+def sites_splits(frame: pd.DataFrame, data: DataArgs, args: ModelArgs) -> dict[str, Splits]:
+    """Every site's windows in a run's frame, by site name."""
+    out = {}
+    for name, rows in frame.groupby("site", sort=True):
+        rows = rows.reset_index(drop=True)
+        rows.attrs = dict(frame.attrs)
+        out[name] = site_splits(regularize(rows)[0], data, args)
+    return out
 
 
 def select_site(frame: pd.DataFrame, source: str, index: int | None = None, name: str | None = None,

@@ -30,21 +30,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from client.site import Site
 from shared.guard import divide
 from shared.scoring import model_scores
 from shared.checkpoint import write_json
-from shared.config import Settings, covariates, frequency_defaults, parse_overrides
-from shared.data import Splits, Windows, seasons
+from shared.config import Settings, parse_overrides
+from shared.data import Splits, Windows, check_lengths
 from shared.guard import evidence_warning
 from shared.metrics import METRICS
 from shared.pretrain import initial_model
 from shared.results import SiteEvaluation, skill
-from shared.sites import read_sites
+from shared.sites import plan_run, sites_splits
 from shared.model import Forecaster, ModelArgs
 from shared.config import TrainArgs
 from shared.train import anchor_head, fine_tune, round_seed
-from server.privacy import noise_for_epsilon
 from simulations.report import write_report
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, ray_head, run_app
 
@@ -65,11 +63,11 @@ FEDERATED_ARMS = {
 IN_PROCESS_ARMS = ("pretrained_zero_shot", "pretrained_only", "pooled_oracle")
 
 
-def dp_arms(epsilons: list[float], rounds: int, delta: float) -> dict[str, FederatedArm]:
-    """The product with central DP, its noise calibrated to spend ε over the rounds: reported as
-    `federated_dp_eps<ε>` and `served_dp_eps<ε>` (what the guards serve with it)."""
+def dp_arms(epsilons: list[float], delta: float) -> dict[str, FederatedArm]:
+    """The product with central DP, the server calibrating its noise so that the rounds it runs spend
+    ε: reported as `federated_dp_eps<ε>` and `served_dp_eps<ε>` (what the guards serve with it)."""
     return {f"federated_dp_eps{e:g}": FederatedArm(
-        {"dp": "central", "dp-noise": noise_for_epsilon(e, rounds, delta), "dp-delta": delta, "dp-epsilon-budget": e},
+        {"dp": "central", "dp-epsilon": e, "dp-delta": delta},
         {"federated": f"federated_dp_eps{e:g}", "served": f"served_dp_eps{e:g}"}) for e in epsilons}
 
 
@@ -116,14 +114,15 @@ def _tune_and_score(start: dict[str, torch.Tensor], args: ModelArgs, split: Spli
     return model_scores(model, full)
 
 
-def in_process_arms(settings: Settings, sites: list[Site], pretrained, workers: int = 1) -> dict[str, dict[str, dict]]:
-    """pretrained_zero_shot, pretrained_only and pooled_oracle per site: {arm: {site: scores}}.
+def in_process_arms(settings: Settings, full: dict[str, Splits], pretrained, workers: int = 1
+                    ) -> dict[str, dict[str, dict]]:
+    """pretrained_zero_shot, pretrained_only and pooled_oracle per site: {arm: {site: scores}}, from
+    each site's windows `full` (shared.sites.sites_splits).
 
     The per-site fine-tunes run in `workers` processes while this one fits the pooled model; each
     is seeded by its site, so the scores do not depend on `workers`.
     """
     args, train = settings.model, settings.train
-    full = {site.name: site.splits(args) for site in sites}
     splits = {name: divide(s)[0] for name, s in full.items()}  # training sees the fitting windows, as at the sites
     names = sorted(full)
     pool = ProcessPoolExecutor(max(1, workers), mp_context=get_context("spawn"))  # spawn: no forked torch state
@@ -189,10 +188,9 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
         t0 = time.monotonic()
         torch.set_num_threads(1)
         pretrained, _ = initial_model(settings)
-        sites = [Site.open(name, g.reset_index(drop=True).pipe(_with_attrs, part.attrs), work / "inproc" / name,
-                           settings.data, settings.site) for name, g in part.groupby("site", sort=True)]
-        workers = min(len(os.sched_getaffinity(0)), len(sites))
-        for arm, per_site in in_process_arms(settings, sites, pretrained, workers).items():
+        full = sites_splits(part, settings.data, settings.model)
+        workers = min(len(os.sched_getaffinity(0)), len(full))
+        for arm, per_site in in_process_arms(settings, full, pretrained, workers).items():
             if arm in local:
                 results += [{"site": s, "arm": arm, **{m: v["test"][m] for m in METRICS}} for s, v in per_site.items()]
         seconds["in_process"] = time.monotonic() - t0
@@ -264,20 +262,19 @@ def write_all(args, out: Path, freq: str, histories: list[int], spacing: int, ar
 
 def read_setup(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, dict]:
     """(sites' data, the frequency's defaults, the run config of every arm) of the command's options."""
-    base = {"data-path": str(Path(args.data).resolve()) if args.data else "", "site-column": args.site_column}
-    overrides = parse_overrides(args.set)
-    frame = read_sites(Settings.from_config(base).data, covariates(overrides))
-    if args.max_sites:
-        keep = sorted(frame["site"].unique())[: args.max_sites]
-        frame = _with_attrs(frame[frame["site"].isin(keep)].reset_index(drop=True), frame.attrs)
-    defaults = frequency_defaults(seasons(frame.attrs["freq"]))
     chosen = {"lookback": args.lookback, "horizon": args.horizon, "val-size": args.val_size,
               "test-size": args.test_size, "stride": args.stride}
-    config = {**defaults, **{k: v for k, v in chosen.items() if v is not None}}
-    config |= {"num-server-rounds": args.rounds, "seed": args.seed, "cache-dir": str(APP_DIR / ".cache"),
-               "site-column": "site", "min-train-nodes": frame["site"].nunique()} | overrides
-    Settings.checked(config)
-    return frame, defaults, config
+    chosen = {k: v for k, v in chosen.items() if v is not None} | {
+        "num-server-rounds": args.rounds, "seed": args.seed, "cache-dir": str(APP_DIR / ".cache")}
+    overrides = parse_overrides(args.set)
+    plan = plan_run(args.data, args.site_column, overrides, chosen=chosen,
+                    fixed={"site-column": "site"}, whole_series=False)  # each cutoff's slice is checked
+    frame = plan.frame
+    if args.max_sites:
+        keep = plan.sites[: args.max_sites]
+        frame = _with_attrs(frame[frame["site"].isin(keep)].reset_index(drop=True), frame.attrs)
+    config = {"min-train-nodes": frame["site"].nunique()} | plan.config
+    return frame, plan.defaults, config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sites", type=int, help="use the first N sites (sorted by name)")
     parser.add_argument("--arms", default="all", help="comma-separated subset of the learned arms, or all")
     parser.add_argument("--dp-epsilons", default="", help="comma-separated ε values: a federated_dp_eps<ε> and "
-                        "served_dp_eps<ε> arm each (central DP, noise calibrated to spend ε over --rounds)")
+                        "served_dp_eps<ε> arm each (central DP, noise calibrated by the server to spend ε over the rounds it runs)")
     parser.add_argument("--dp-delta", type=float, default=1e-5, help="δ of the DP arms (default 1e-5)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
     parser.add_argument("--verbose", action="store_true", help="stream Flower's logs")
@@ -325,12 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen_arms = list(known) if args.arms == "all" else args.arms.split(",")
     if unknown := sorted(set(chosen_arms) - set(known)):
         raise SystemExit(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-    arm_specs = {a: known[a] for a in chosen_arms} | dp_arms(epsilons, args.rounds, args.dp_delta)
+    arm_specs = {a: known[a] for a in chosen_arms} | dp_arms(epsilons, args.dp_delta)
     arms = list(arm_specs)
-    for arm, spec in arm_specs.items():
-        if spec and "dp-noise" in spec.overrides:
-            log(f"{arm}: dp-noise {spec.overrides['dp-noise']:.4g} spends ε {spec.overrides['dp-epsilon-budget']:g} at "
-                f"δ {args.dp_delta:g} over {args.rounds} rounds", started)
     log(f"{args.data or 'built-in demo sites'}: frequency {freq}, {frame['site'].nunique()} sites; "
         f"histories {histories}; settings " + ", ".join(f"{k}={config[k]}" for k in defaults), started)
     if warning := evidence_warning(int(config["val-size"]), int(config["horizon"]), int(config["stride"])):
@@ -341,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint = json.dumps([args.data, args.max_sites, {a: spec and spec.overrides for a, spec in arm_specs.items()}, config], sort_keys=True, default=str)
     plan = [(history, index, cutoff) for history in histories
             for index, cutoff in enumerate(cutoff_times(frame, history, int(config["test-size"]), args.cutoffs, spacing))]
+    for history, index, cutoff in plan:  # every slice's series long enough, before anything starts
+        try:
+            check_lengths(window_slice(frame, cutoff, history, int(config["test-size"])), int(config["lookback"]),
+                          int(config["horizon"]), int(config["val-size"]), int(config["test-size"]),
+                          f"{args.data or 'built-in demo sites'} (history {history}, cutoff {index})")
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
     try:
         with ray_head():  # every simulation run of the comparison joins one Ray head
             for history, index, cutoff in plan:

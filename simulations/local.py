@@ -3,14 +3,16 @@
 `LocalGrid` hands each message to the ClientApp as a node would receive it (serialised and parsed
 back, as on the wire), times every handler call and counts the bytes each way: the same
 computation as a federation, run one site after another. Tests use it to drive the real apps
-quickly; `simulations.overhead` uses its timings as the training part of a round, and
-`simulations.privacy_cost` its byte counts.
+quickly (and, replacing one node's ClientApp with a wrapper around it, to play a faulty site);
+`studies.overhead` uses its timings as the training part of a round, and `studies.secagg_cost` its
+byte counts.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from types import SimpleNamespace
 
 from flwr.app import Context, Error, Message, Metadata, RecordDict
@@ -38,9 +40,12 @@ class LocalGrid:
         run_config: the run config every ClientApp sees.
         num_sites: nodes 1..num_sites, node k being partition k - 1.
         node_config: extra node-config entries per node id.
+        apps: a ClientApp callable (message, context) -> reply per node id, in place of the App's:
+            a test wraps the App to tamper with one site's reply or make it fail.
     """
 
-    def __init__(self, run_config: dict, num_sites: int, node_config: dict[int, dict] | None = None):
+    def __init__(self, run_config: dict, num_sites: int, node_config: dict[int, dict] | None = None,
+                 apps: dict[int, Callable[[Message, Context], Message]] | None = None):
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # the server's messages need them
         self.run = SimpleNamespace(run_id=1)  # what Flower's legacy workflows (SecAgg+) read of a Grid
         self.contexts = {
@@ -48,6 +53,7 @@ class LocalGrid:
                           node_config={"partition-id": node - 1, "num-partitions": num_sites,
                                        **(node_config or {}).get(node, {})})
             for node in range(1, num_sites + 1)}
+        self.apps = apps or {}
         self.messages: list[dict] = []  # one row per message: round, phase, node, seconds, bytes each way
 
     def get_node_ids(self) -> list[int]:
@@ -63,7 +69,7 @@ class LocalGrid:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, node, 1  # the ClientApp reads these
         started = time.perf_counter()
         try:
-            reply = client_app(received, self.contexts[node])
+            reply = self.apps.get(node, client_app)(received, self.contexts[node])
         except Exception as exc:  # noqa: BLE001 - as flwr's runtime reports a ClientApp's exception
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc)}:<'{exc}'>"),
                             reply_to=received)

@@ -4,18 +4,18 @@
     python -m simulations.pilot --data my.csv          # one SuperNode per site of your file
     python -m simulations.pilot --out DIR --resume     # continue a pilot that was stopped
 
-It does what the README's three-machine deployment does, with the same App and commands: makes
-the federation's credentials (server.credentials), starts `flower-superlink` with TLS and
-SuperNode authentication, registers each site's key, starts each site's SuperNode
-(`client.supernode`: Flower's `flower-supernode` with shorter waits) on its own slice of the data (its own file, state folder and Flower home), runs `flwr run`, prints
-the per-site results and stops every process it started, also on failure, Ctrl-C or SIGTERM.
-Logs go to OUT/logs/.
+It does what the three-machine deployment of docs/deployment.md does, with the same App and commands: makes
+the federation's credentials (`python -m server.credentials`), starts `flower-superlink` with TLS
+and SuperNode authentication, registers each site's key, starts each site's SuperNode
+(`python -m client.supernode`: Flower's `flower-supernode` with shorter waits) on its own slice
+of the data (its own file, state folder and Flower home), runs `flwr run` showing a line per round,
+prints the per-site results and stops every process it started, also on failure, Ctrl-C or
+SIGTERM. Logs go to OUT/logs/ (the run's in flwr-run.log, shown too with --verbose).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -24,11 +24,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from client.supernode import DEFAULT_POLL
-from server.credentials import generate
-from shared.config import DataArgs, Settings, covariates, frequency_defaults, parse_overrides, read_args
-from shared.data import seasons
-from shared.sites import read_sites
+from shared.config import parse_overrides
+from shared.sites import plan_run
+from simulations.console import Console
 from simulations.runner import (APP_DIR, QUIET_ENV, RunError, exit_on_sigterm, flwr_run, free_port, print_summary,
                                 stop_marked, stop_tree, write_run_config)
 
@@ -55,9 +53,9 @@ def wait_for_port(process: subprocess.Popen, port: int, log: Path, timeout: floa
 class Pilot:
     """The processes of one pilot; `stop()` (or leaving the `with` block) stops every one of them."""
 
-    def __init__(self, out: Path, supernode_poll: float = DEFAULT_POLL):
+    def __init__(self, out: Path, supernode_poll: float | None = None):
         self.out = out
-        self.supernode_poll = supernode_poll  # 0: Flower's own flower-supernode (client.supernode)
+        self.supernode_poll = supernode_poll  # None: client.supernode's own; 0: Flower's flower-supernode
         self.logs = out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.creds = out / "credentials"
@@ -99,6 +97,17 @@ class Pilot:
                            f"(code {result.returncode}); see {self.logs / (log_name + '.log')}")
         return result
 
+    def credentials(self, sites: list[str]) -> None:
+        """The federation's credentials for the pilot's SuperLink address and sites, as a coordinator makes them."""
+        addresses = [a for host in (HOST, "localhost") for a in ("--superlink-address", host)]
+        command = [sys.executable, "-m", "server.credentials", "--out", str(self.creds), *addresses,
+                   *[a for site in sites for a in ("--org", site)]]
+        log = self.logs / "credentials.log"
+        with open(log, "ab") as output:
+            done = subprocess.run(command, cwd=APP_DIR, env=self.env, stdout=output, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise RunError(f"python -m server.credentials exited with code {done.returncode}; see {log}")
+
     def superlink(self) -> None:
         """The SuperLink with TLS and SuperNode authentication; its state (registrations) in a database file."""
         self.port = free_port()
@@ -132,9 +141,12 @@ class Pilot:
         """The site's SuperNode: TLS with the federation's CA, its auth key, its data file and state folder."""
         org = self.creds / "orgs" / site
         node_config = (f"data-path='{data_path}' state-dir='{self.out / 'state' / site}' site-name='{site}' "
-                       f"verify-key='{org / 'signing.pub'}'")
-        launcher = ([sys.executable, "-m", "client.supernode", "--poll", str(self.supernode_poll)]
-                    if self.supernode_poll else ["flower-supernode"])
+                       f"verify-key='{org / 'signing.pub'}' reply-key='{org / 'reply.key'}'")
+        if self.supernode_poll == 0:
+            launcher = ["flower-supernode"]
+        else:
+            poll = () if self.supernode_poll is None else ("--poll", str(self.supernode_poll))
+            launcher = [sys.executable, "-m", "client.supernode", *poll]
         process = self.start(f"supernode-{site}", [
             *launcher, "--superlink", f"{HOST}:{self.port}",
             "--root-certificates", str(ca or org / "ca.crt"),
@@ -167,12 +179,12 @@ class Pilot:
             if waiting:
                 time.sleep(5)
 
-    def run(self, run_config: dict, stream_to=None) -> None:
-        """`flwr run` of this App on the pilot federation; waits for the run to end."""
+    def run(self, run_config: dict, console: Console | None = None) -> None:
+        """`flwr run` of this App on the pilot federation, its rounds shown on `console`; waits for the run to end."""
         config_file = write_run_config(self.out / "run-config.toml", run_config)
         command = ["flwr", "run", str(APP_DIR), FEDERATION, "--stream", "--run-config", str(config_file)]
         flwr_run(command, self.out, {**self.env, "FLWR_HOME": str(self.home)}, self.logs / "flwr-run.log",
-                 stream_to, mode="a")
+                 run_config, console, mode="a")
 
 
 def slice_sites(frame, folder: Path) -> dict[str, Path]:
@@ -193,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="pilot folder (default: runs/pilot-<time>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key")
     parser.add_argument("--resume", action="store_true", help="continue the stopped pilot in --out")
-    parser.add_argument("--quiet", action="store_true", help="do not stream the run's log")
-    parser.add_argument("--supernode-poll", type=float, default=DEFAULT_POLL,
-                        help=f"SuperNodes' idle poll in seconds (client.supernode; default {DEFAULT_POLL}); "
+    parser.add_argument("--quiet", action="store_true", help="show only the results, not a line per round")
+    parser.add_argument("--verbose", action="store_true", help="also show the run's own output")
+    parser.add_argument("--supernode-poll", type=float, default=None,
+                        help="SuperNodes' idle poll in seconds (client.supernode --poll; default: its own); "
                              "0 runs Flower's flower-supernode, which waits 3 s")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -206,15 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume and out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty: choose another --out, or add --resume to continue the pilot there")
     try:  # bad data (DataError) or run config: one line naming the file, key or series, before anything starts
-        overrides = parse_overrides(args.set)
-        data = read_args(DataArgs, {"data-path": str(Path(args.data).resolve()) if args.data else "",
-                                    "site-column": args.site_column, "demo-sites": args.sites} | overrides)
-        frame = read_sites(data, covariates(overrides))
-        freq = frame.attrs["freq"]
-        run_config = {**frequency_defaults(seasons(freq)), **overrides, "out-dir": str(out / "server"),
-                      "cache-dir": str(APP_DIR / ".cache"), "min-train-nodes": frame["site"].nunique(),
-                      "sign-key": str(out / "credentials" / "coordinator" / "signing.key"), "resume": args.resume}
-        Settings.checked(run_config)
+        plan = plan_run(args.data, args.site_column, parse_overrides(args.set), chosen={"demo-sites": args.sites},
+                        fixed={"data-path": "", "site-column": "site",  # each site reads its own file (slice_sites)
+                               "out-dir": str(out / "server"), "cache-dir": str(APP_DIR / ".cache"),
+                               "sign-key": str(out / "credentials" / "coordinator" / "signing.key"),
+                               "roster": str(out / "credentials" / "coordinator" / "roster.txt"),
+                               "resume": args.resume})
+        frame, freq = plan.frame, plan.frame.attrs["freq"]
+        run_config = plan.config | {"min-train-nodes": plan.config.get("min-train-nodes", len(plan.sites))}
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     sites = slice_sites(frame, out / "data")
@@ -224,12 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     with Pilot(out, args.supernode_poll) as pilot:
         try:
             if not args.resume:
-                generate(pilot.creds, [HOST, "localhost"], list(sites))
+                pilot.credentials(list(sites))
             pilot.superlink()
             for site in sites:
                 pilot.register(site)
             pilot.join(sites)
-            pilot.run(run_config, stream_to=None if args.quiet else sys.stdout)
+            print(f"{len(sites)} SuperNodes joined the SuperLink at {HOST}:{pilot.port}", flush=True)
+            pilot.run(run_config, None if args.quiet else Console(args.verbose))
         except RunError as exc:
             print(f"pilot failed: {exc}", file=sys.stderr)
             return 1

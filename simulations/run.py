@@ -5,36 +5,20 @@
     python -m simulations.run --set num-server-rounds=10 --set lr=0.001
 
 One simulated site per site in the data. Window settings default to the data's frequency
-(printed); `--set KEY=VALUE` overrides any key of `[tool.flwr.app.config]`.
+(printed); `--set KEY=VALUE` overrides any key of `[tool.flwr.app.config]`. A line per round
+shows the progress; Flower's own output goes to OUT/flower/flwr-run.log (shown too with --verbose).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from shared.config import DataArgs, Settings, covariates, frequency_defaults, parse_overrides, read_args
-from shared.data import seasons
-from shared.sites import read_sites
+from shared.config import parse_overrides
+from shared.sites import plan_run
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, print_summary, run_app
-
-
-def plan(data_path: str, site_column: str, overrides: dict[str, str]) -> tuple[dict, list[str]]:
-    """Run config and site names: the data's frequency defaults, then the user's overrides."""
-    run_config: dict = {"data-path": str(Path(data_path).resolve()) if data_path else "", "site-column": site_column}
-    data = read_args(DataArgs, run_config | overrides)
-    frame = read_sites(data, covariates(overrides))
-    freq = frame.attrs["freq"]
-    defaults = frequency_defaults(seasons(freq))
-    run_config |= defaults | overrides
-    Settings.checked(run_config)
-    print(f"data: {data_path or 'built-in demo sites'}; frequency {freq}; "
-          f"{frame['site'].nunique()} sites, {frame['unique_id'].nunique()} series")
-    print("window settings: " + ", ".join(f"{k}={run_config[k]}" for k in defaults))
-    return run_config, sorted(frame["site"].unique())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site-column", default="site", help="column grouping series into sites (default: site)")
     parser.add_argument("--out", default="", help="output folder (default: runs/<time>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key")
-    parser.add_argument("--quiet", action="store_true", help="do not stream Flower's log")
+    parser.add_argument("--verbose", action="store_true", help="also show Flower's own output")
     args = parser.parse_args(argv)
     exit_on_sigterm()
 
@@ -51,19 +35,24 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty: choose another --out (a site's state there would be reused)")
     try:
-        run_config, sites = plan(args.data, args.site_column, parse_overrides(args.set))
+        plan = plan_run(args.data, args.site_column, parse_overrides(args.set),
+                        fixed={"out-dir": str(out)})
     except ValueError as exc:  # bad data (DataError) or run config: the message names the file, key or series
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    run_config, sites = plan.config, plan.sites
+    print(f"data: {args.data or 'built-in demo sites'}; frequency {plan.frame.attrs['freq']}; "
+          f"{len(sites)} sites, {plan.frame['unique_id'].nunique()} series")
+    print("window settings: " + ", ".join(f"{k}={run_config[k]}" for k in plan.defaults))
     run_config.setdefault("cache-dir", str(APP_DIR / ".cache"))
-    run_config["out-dir"] = str(out)
-    run_config.setdefault("min-train-nodes", len(sites))  # every site takes part in every round
-    print(f"{len(sites)} sites; output in {out}", flush=True)
+    # every site is waited for and takes part; a round goes on while at most a quarter of them fail
+    run_config.setdefault("wait-for-nodes", len(sites))
+    run_config.setdefault("min-train-nodes", max(1, len(sites) - len(sites) // 4))
+    print(f"{len(sites)} sites; output in {out}; Flower's log: {out / 'flower' / 'flwr-run.log'}", flush=True)
 
     started = time.monotonic()
     try:
-        run_app(run_config, num_supernodes=len(sites), workdir=out / "flower",
-                stream_to=None if args.quiet else sys.stdout)
+        run_app(run_config, num_supernodes=len(sites), workdir=out / "flower", verbose=args.verbose)
     except RunError as exc:
         print(f"simulation failed: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,8 @@ managed local SuperLink would outlive the run and is shared by every run on the 
 `flwr run` against it with a Flower home folder of ours, and stops the SuperLink's whole process
 group afterwards, also when the run fails or is interrupted. `ray_head` starts one local Ray head
 that every run inside it joins (a comparison runs many), unless `RAY_ADDRESS` names a cluster.
+`Console` is what a person reads meanwhile: a line per round, read from the run's `per_site.json`;
+Flower's own output goes to the run's log file, and to the console only when asked for.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import psutil
 
+from shared.config import FederationArgs, read_args
 from shared.results import format_summary
+from simulations.console import ANSI, Console
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the folder holding pyproject.toml
 QUIET_ENV = {
@@ -168,37 +172,41 @@ def ray_head(timeout: float = 120.0):
 
 
 def run_app(run_config: dict, num_supernodes: int, workdir: Path, cpus_per_client: int = 1,
-            stream_to=None) -> None:
+            label: str = "", verbose: bool = False) -> None:
     """Run this App in the simulation engine with `num_supernodes` sites and wait for it to end.
 
     `workdir` receives the Flower home folder (`flwr-home/`), the SuperLink log and the run's
-    output stream (`flwr-run.log`); `run_config` overrides `[tool.flwr.app.config]`.
+    output (`flwr-run.log`); `run_config` overrides `[tool.flwr.app.config]`. Standard output
+    shows a line per round, starting with `label`, and the run's output too if `verbose`.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = write_run_config(workdir / "run-config.toml", run_config)
-    run_log = workdir / "flwr-run.log"
     with superlink(workdir / "flwr-home", workdir / "superlink.log") as (_, env):
         command = [
             "flwr", "run", str(APP_DIR), FEDERATION, "--stream",
             "--run-config", str(config_file),
             "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
         ]
-        flwr_run(command, workdir, env, run_log, stream_to)
+        flwr_run(command, workdir, env, workdir / "flwr-run.log", run_config, Console(verbose), label)
 
 
-def flwr_run(command: list[str], cwd: Path, env: dict, log_path: Path, stream_to=None, mode: str = "w") -> None:
-    """Run a `flwr run` command to its end, its output to `log_path` (and `stream_to`), stopping
-    its whole process tree afterwards; RunError if it fails."""
-    with open(log_path, mode, buffering=1) as log:  # line-buffered: readable while it runs
+def flwr_run(command: list[str], cwd: Path, env: dict, log_path: Path, run_config: dict,
+             console: Console | None = None, label: str = "", mode: str = "w") -> None:
+    """Run a `flwr run` command of `run_config` to its end, stopping its whole process tree
+    afterwards; RunError if it fails. Its output goes to `log_path` without colour codes, and to
+    `console` (with a line per round) if given."""
+    fed = read_args(FederationArgs, run_config)
+    per_site = Path(fed.out_dir) / "per_site.json"
+    shown = console.rounds(per_site, fed.num_server_rounds, label) if console else nullcontext()
+    with open(log_path, mode, buffering=1) as log, shown:  # line-buffered: readable while it runs
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             for line in process.stdout:
-                log.write(line)
-                if stream_to is not None:
-                    stream_to.write(line)
-                    stream_to.flush()
+                log.write(ANSI.sub("", line))
+                if console:
+                    console.flower(line)
             process.wait()
         finally:
             stop_tree(process.pid)

@@ -12,7 +12,7 @@ from shared.guard import divide
 from shared.train import round_seed
 from shared.guard import SIGN_TEST_P, sign_test_p
 from shared.model import Forecaster
-from shared.sites import read_sites
+from shared.sites import read_sites, sites_splits
 from shared.synthetic import demo_sites
 from simulations.compare import _tune_and_score, _with_attrs, federated_rows, fresh_head, in_process_arms, main
 from simulations.runner import RunError
@@ -82,15 +82,16 @@ def test_compare_reports_every_arm_for_every_site(tmp_path, capsys):
 
 def test_in_process_arms_do_not_depend_on_how_many_workers_run_them(tiny_settings, tmp_path):
     frame = read_sites(tiny_settings.data)
-    sites = [Site.open(name, g.reset_index(drop=True).pipe(_with_attrs, frame.attrs), tmp_path / name,
-                       tiny_settings.data, tiny_settings.site) for name, g in frame.groupby("site", sort=True)]
+    full = sites_splits(frame, tiny_settings.data, tiny_settings.model)
     torch.manual_seed(0)
     pretrained = Forecaster(tiny_settings.model)
-    one = in_process_arms(tiny_settings, sites, pretrained, workers=1)
-    two = in_process_arms(tiny_settings, sites, pretrained, workers=2)
-    assert one == two and set(one["pooled_oracle"]) == {s.name for s in sites}
-    # and a worker scores what this process would for the same site
-    args, train, site = tiny_settings.model, tiny_settings.train, sites[1]
+    one = in_process_arms(tiny_settings, full, pretrained, workers=1)
+    two = in_process_arms(tiny_settings, full, pretrained, workers=2)
+    assert one == two and set(one["pooled_oracle"]) == set(full)
+    # and a worker scores what this process would for the same site, with the windows the site itself has
+    args, train, name = tiny_settings.model, tiny_settings.train, sorted(full)[1]
+    site = Site.open(name, frame[frame["site"] == name].reset_index(drop=True).pipe(_with_attrs, frame.attrs),
+                     tmp_path / name, tiny_settings.data, tiny_settings.site)
     fit = divide(site.splits(args))[0]
     here = _tune_and_score(fresh_head(pretrained, fit.train).state_dict(), args, fit, site.splits(args),
                            replace(train, seed=round_seed(train.seed, site.name, -1)))

@@ -30,7 +30,7 @@ SETTINGS = [f"{k}={v}" for k, v in {**TINY, "stat-models": ""}.items() if k not 
 
 
 def _pilot(out, *extra, rounds=2):
-    command = [sys.executable, "-m", "simulations.pilot", "--out", str(out), "--sites", "2", "--quiet",
+    command = [sys.executable, "-m", "simulations.pilot", "--out", str(out), "--sites", "2",
                "--set", f"num-server-rounds={rounds}", *[a for s in SETTINGS for a in ("--set", s)], *extra]
     return subprocess.Popen(command, cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -60,7 +60,8 @@ def test_pilot_runs_a_secured_federation_and_a_site_forecasts(tmp_path):
     assert {(r["round"], r["phase"], r["site"]) for r in rows} == {
         (1, "train", "site00"), (1, "train", "site01"), (2, "train", "site00"), (2, "train", "site01"),
         (2, "evaluate", "site00"), (2, "evaluate", "site01")}
-    assert "site00" in log and "median gain" in log
+    assert "site00" in log and "median skill" in log
+    assert re.search(r"^round 2/2 evaluate 2 sites \d+ s$", log, re.M) and "\x1b" not in log  # a line per round
     # the coordinator's connection verifies the SuperLink against the federation's CA
     assert "root-certificates" in (out / "flwr-home" / "config.toml").read_text()
     assert not _own_processes(out)
@@ -171,7 +172,7 @@ def test_a_pilot_stopped_mid_run_resumes_after_a_full_restart(tmp_path):
     assert not _own_processes(out)
 
 
-@pytest.mark.parametrize("command", ["simulations.pilot", "server.pretrain", "simulations.secagg_cost"])
+@pytest.mark.parametrize("command", ["simulations.pilot", "server.pretrain", "studies.secagg_cost"])
 def test_commands_refuse_an_unknown_run_config_key_before_starting_anything(tmp_path, command):
     import importlib
 

@@ -1,6 +1,7 @@
 """End to end through Flower's simulation engine: tiny demo, per-site results, same seed same numbers."""
 
 import json
+import re
 
 import psutil
 import pytest
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.flower
 
 
 def _run(out, cache, capsys):
-    argv = ["--out", str(out), "--quiet", "--set", f"cache-dir={cache}"]
+    argv = ["--out", str(out), "--set", f"cache-dir={cache}"]
     for key, value in TINY.items():
         argv += ["--set", f"{key}={value}"]
     assert main(argv) == 0
@@ -42,6 +43,12 @@ def test_simulation_writes_per_site_results_and_repeats_exactly(tmp_path, capsys
         assert row["round"] == TINY["num-server-rounds"]
         assert row["federated_mae"] > 0 and row["simple_mae"] > 0 and row["local_only_mae"] > 0
         assert row["site"] in printed
+    # a line per round and the table, as plain text; Flower's own output only in its log file
+    progress = re.findall(r"^round (\d)/2 (train|evaluate) 3 sites \d+ s$", printed, re.M)
+    assert progress == [("1", "train"), ("2", "train"), ("2", "evaluate")]
+    assert "\x1b" not in printed and "SuperNodes changed" not in printed
+    flower_log = (tmp_path / "a" / "flower" / "flwr-run.log").read_text()
+    assert "configure_train: Sampled 3 nodes" in flower_log and "\x1b" not in flower_log
     # every site trained in every round; the global encoder was checkpointed
     trained = {(r["round"], r["site"]) for r in rows_1 if r["phase"] == "train"}
     assert trained == {(r, s) for r in (1, 2) for s in sites}
@@ -65,8 +72,6 @@ def test_simulation_writes_per_site_results_and_repeats_exactly(tmp_path, capsys
     (["--set", "lookback=abc"], "config key 'lookback': cannot read 'abc' as int"),
 ])
 def test_bad_data_or_run_config_ends_the_main_job_with_one_line_before_flower_starts(tmp_path, capsys, argv, message):
-    import re
-
     out = tmp_path / "out"
     assert main([*argv, "--out", str(out)]) == 1
     err = capsys.readouterr().err
