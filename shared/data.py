@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import re
+import sys
 import warnings
+import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -30,6 +33,8 @@ def read_table(path, text_columns: tuple[str | None, ...] = ("unique_id",)) -> p
         if name.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
         return pd.read_csv(path, dtype={col: str for col in text_columns if col})
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: the file is truncated or not valid gzip ({e})") from e
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {path}: {e}") from e
 
@@ -46,7 +51,10 @@ def validate(df: pd.DataFrame, source: str, site_col: str | None = "site",
 
     source: file name used in error messages; site_col: column grouping series into sites (the
     default 'site' may be absent: each series is then its own site); freq: pandas frequency alias,
-    inferred per series when None; covariates: numeric columns kept beside y (missing values allowed).
+    inferred per series when None; covariates: numeric columns kept beside y (missing values allowed,
+    but every series needs one observed value of y and of each covariate). Timestamps with a UTC
+    offset (2024-03-31 03:00+01:00) are converted to UTC, so daylight saving changes leave no gap or
+    repeat; a note on stderr says so.
     """
     missing = [col for col in (*REQUIRED, *covariates) if col not in df.columns]
     if missing:
@@ -69,6 +77,12 @@ def validate(df: pd.DataFrame, source: str, site_col: str | None = "site",
         **{col: _parse_y(df, source, col) for col in covariates},
     }).sort_values(["site", "unique_id", "ds"], kind="stable").reset_index(drop=True)
 
+    for col in ("y", *covariates):
+        counts = frame.groupby("unique_id", sort=False)[col].count()
+        empty = counts.index[counts == 0]
+        if len(empty):
+            more = f" (and {len(empty) - 1} more series)" if len(empty) > 1 else ""
+            raise DataError(f"series {empty[0]} in {source} has no observed value of {col!r}{more}")
     dup = frame.duplicated(["unique_id", "ds"])
     if dup.any():
         row = frame[dup].iloc[0]
@@ -82,31 +96,46 @@ def validate(df: pd.DataFrame, source: str, site_col: str | None = "site",
 
 
 def _parse_y(df: pd.DataFrame, source: str, col: str = "y") -> np.ndarray:
-    """Column col as float64; NaN and blank cells are missing values, anything else non-numeric is an error."""
+    """Column col as float64; NaN and blank cells are missing values, anything else non-numeric (text,
+    booleans, datetimes) is an error."""
     raw = df[col]
+    numeric = pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw)
+    if not numeric and not (pd.api.types.is_object_dtype(raw) or pd.api.types.is_string_dtype(raw)):
+        raise DataError(f"column {col!r} in {source} holds {raw.dtype} values, not numbers")
     y = pd.to_numeric(raw, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    missing = raw.isna()
-    if not pd.api.types.is_numeric_dtype(raw):
-        missing = missing | raw.astype(str).str.strip().eq("")
-    _raise_bad(df, ~missing.to_numpy() & ~np.isfinite(y), col, source, "has values that are not finite numbers")
+    missing = raw.isna().to_numpy()
+    if not numeric:
+        missing |= raw.astype(str).str.strip().eq("").to_numpy()
+        y[raw.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(bool)] = np.nan  # to_numeric takes True as 1
+    _raise_bad(df, ~missing & ~np.isfinite(y), col, source, "has values that are not finite numbers")
     return y
 
 
 def _parse_ds(df: pd.DataFrame, source: str) -> pd.Series:
-    """Column ds as datetime64[ns]: datetime dtypes or strings (ISO 8601, else one inferred format)."""
+    """Column ds as naive datetime64[ns]: datetime dtypes or strings (ISO 8601, else one inferred format).
+
+    Timestamps with a UTC offset or time zone are converted to UTC; a column mixing them with naive ones
+    is an error (which time zone the naive ones are in is unknown).
+    """
     raw = df["ds"]
     if pd.api.types.is_numeric_dtype(raw):
         raise DataError(f"column 'ds' in {source} is numeric ({raw.dtype}): integer time steps are not "
                         "supported, use dates or datetimes such as 2024-01-31 13:00")
+    aware = raw.astype(str).str.strip().str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$").to_numpy(bool)
+    known = raw.notna().to_numpy()
+    if aware.any():
+        _raise_bad(df, known & ~aware, "ds", source, "mixes timestamps with and without a UTC offset "
+                   f"(like {raw[aware].iloc[0]!r}); these have none")
     try:
-        ds = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+        ds = pd.to_datetime(raw, errors="coerce", format="ISO8601", utc=aware.any())
         if (ds.isna() & raw.notna()).any():  # not all ISO 8601: let pandas guess a format for the rest
-            ds = ds.fillna(pd.to_datetime(raw, errors="coerce"))
+            ds = ds.fillna(pd.to_datetime(raw, errors="coerce", utc=aware.any()))
     except (ValueError, TypeError) as e:
         raise DataError(f"column 'ds' in {source} cannot be parsed as datetimes: {e}") from e
-    if ds.dt.tz is not None:
-        raise DataError(f"column 'ds' in {source} has time zones ({ds.dt.tz}); use naive timestamps")
     _raise_bad(df, ds.isna().to_numpy(), "ds", source, "has values that are not datetimes")
+    if ds.dt.tz is not None:
+        print(f"note: column 'ds' in {source} has UTC offsets: its timestamps are converted to UTC", file=sys.stderr)
+        ds = ds.dt.tz_convert("UTC").dt.tz_localize(None)
     return ds.astype("datetime64[ns]")
 
 
@@ -315,9 +344,15 @@ def min_length(lookback: int, horizon: int, val_size: int, test_size: int) -> in
 
 def check_lengths(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, test_size: int,
                   source: str) -> None:
-    """Raise a DataError naming every series of a regularized frame too short for make_splits."""
+    """Raise a DataError naming the series of a validated (or regularized) frame too short for make_splits.
+
+    A series' length is its points on its regular grid, first to last timestamp, gaps included (as
+    regularize fills them), so a command can check its data before anything starts.
+    """
     need = min_length(lookback, horizon, val_size, test_size)
-    sizes = df.groupby("unique_id", sort=False).size()
+    offset = _offset(_freq(df))
+    ends = df.groupby("unique_id", sort=False)["ds"].agg(["min", "max"])
+    sizes = pd.Series([len(pd.date_range(a, b, freq=offset)) for a, b in ends.itertuples(index=False)], ends.index)
     short = sizes[sizes < need]
     if len(short):
         named = ", ".join(f"series {uid} in {source} has {n} points" for uid, n in short.head(5).items())

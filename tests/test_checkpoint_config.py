@@ -2,6 +2,7 @@
 the run config in pyproject.toml and the typed settings agree."""
 
 import os
+import stat
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoint import load_encoder, load_model, save_model, write_atomic
+from shared.checkpoint import (check_finite, load_encoder, load_model, load_torch, read_json, save_model, write_atomic,
+                               write_json)
 from shared.config import DataArgs, FederationArgs, PrivacyArgs, Settings, SiteArgs, read_args, to_config
 from shared.model import Forecaster, ModelArgs
+from shared.sealing import VERSIONS, generate_state_key
 from shared.config import TrainArgs
 
 ARGS = ModelArgs(lookback=48, horizon=12, patch_len=12, patch_stride=12, d_model=16, n_heads=2, n_layers=1,
@@ -109,13 +112,48 @@ def test_pretrained_encoder_is_cached(tmp_path):
     assert other != path
 
 
-def test_atomic_files_get_ordinary_permissions(tmp_path):
+def test_atomic_files_and_new_folders_are_private(tmp_path):
+    (tmp_path / "runs").mkdir(mode=0o755)
     umask = os.umask(0o022)
     try:
-        write_atomic(tmp_path / "report.json", lambda f: f.write(b"{}"))
+        write_atomic(tmp_path / "runs" / "report.json", lambda f: f.write(b"{}"))
+        write_json(tmp_path / "sites" / "a" / "guard.json", {"round": 1})
+        save_model(tmp_path / "sites" / "a" / "model.pt", Forecaster(ARGS))
+        key = generate_state_key(tmp_path / "keys" / "state.key")
+        write_json(tmp_path / "sealed" / "alone.json", {}, key)
     finally:
         os.umask(umask)
-    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+    assert stat.S_IMODE((tmp_path / "runs").stat().st_mode) == 0o755  # an existing folder is left as it is
+    for name in ("runs/report.json", "sites/a/guard.json", "sites/a/model.pt", "sealed/alone.json",
+                 f"sealed/{VERSIONS}"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    for name in ("sites", "sites/a", "keys", "sealed"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o700, name
+
+
+def test_corrupt_state_files_name_the_file(tmp_path):
+    (tmp_path / "guard.json").write_text('{"round": 1 "serve": "federated"}')
+    with pytest.raises(ValueError, match=r"guard\.json: not valid JSON \(Expecting ',' delimiter"):
+        read_json(tmp_path / "guard.json")
+    (tmp_path / "heads.pt").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(ValueError, match=r"heads\.pt: not a readable torch file"):
+        load_torch(tmp_path / "heads.pt")
+    torch.save({"state_dict": {}}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model\.pt: not a model checkpoint \(KeyError\('model_args'\)\)"):
+        load_model(tmp_path / "model.pt")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_check_finite_names_the_arrays():
+    state = Forecaster(ARGS).encoder.state_dict()
+    check_finite(state, "encoder of round 2")
+    first, last = list(state)[0], list(state)[-1]
+    state[first][0] = float("nan")
+    state[last].view(-1)[0] = float("inf")
+    with pytest.raises(ValueError, match=rf"^encoder of round 2: 2 array\(s\) hold NaN or infinite values: "
+                                         rf"\['{first}', '{last}'\]$"):
+        check_finite(state, "encoder of round 2")
 
 
 def test_checked_settings_refuse_unknown_keys_and_read_known_ones():

@@ -58,8 +58,8 @@ def test_covariate_gaps_are_filled_like_y_and_bad_columns_are_named(tmp_path):
     frame.loc[3, "u"] = "windy"
     with pytest.raises(DataError, match=r"column 'u' in test has values that are not finite numbers: 'windy' \(series s0\)"):
         validate(frame, "test", covariates=("u",))
-    with pytest.raises(DataError, match="series s0 has no observed value of u"):
-        regularize(validate(driven(1, 100).assign(u=np.nan), "test", covariates=("u",)))
+    with pytest.raises(DataError, match="series s0 in test has no observed value of 'u'"):
+        validate(driven(1, 100).assign(u=np.nan), "test", covariates=("u",))
 
 
 def test_the_shared_correction_learns_what_the_covariate_does():

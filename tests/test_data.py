@@ -141,11 +141,12 @@ def test_ds_mixes_dates_and_datetimes():
     assert out.attrs["freq"] == "h"
 
 
-def test_time_zones_rejected():
+def test_time_zones_converted_to_utc(capsys):
     df = long_frame({"A": [1, 2, 3]})
     df["ds"] = df["ds"].dt.tz_localize("Europe/Paris")
-    with pytest.raises(DataError, match=r"'ds' in f\.csv has time zones \(Europe/Paris\)"):
-        validate(df, "f.csv")
+    out = validate(df, "f.csv")
+    assert out["ds"].tolist() == list(pd.date_range("2023-12-31 23:00", periods=3, freq="h"))
+    assert "note: column 'ds' in f.csv has UTC offsets: its timestamps are converted to UTC" in capsys.readouterr().err
 
 
 def test_unparseable_ds():
@@ -234,8 +235,11 @@ def test_regularize_counts_and_fills_gaps():
     assert out.attrs["freq"] == "h"
 
 
-def test_regularize_series_without_observations():
-    df = validate(long_frame({"A": [1, 2, 3], "B": [np.nan] * 3}), "f.csv")
+def test_series_without_observations():
+    with pytest.raises(DataError, match=r"^series B in f\.csv has no observed value of 'y'$"):
+        validate(long_frame({"A": [1, 2, 3], "B": [np.nan] * 3}), "f.csv")
+    df = validate(long_frame({"A": [1, 2, 3], "B": [1, np.nan, np.nan]}), "f.csv")
+    df.loc[df["unique_id"] == "B", "y"] = np.nan  # e.g. a time slice of a validated frame
     with pytest.raises(DataError, match="series B has no observed value"):
         regularize(df)
 

@@ -17,7 +17,7 @@ from client.state_key import main as new_key
 from shared.checkpoint import load_model, read_file, read_json, save_model, write_json
 from shared.config import Settings
 from shared.model import Forecaster
-from shared.sealing import SealError, generate_state_key, is_sealed, load_state_key
+from shared.sealing import VERSIONS, SealError, generate_state_key, is_sealed, load_state_key
 from shared.sites import read_sites
 from tests.conftest import TINY, encoder_content, flower_message
 from tests.test_rounds import SITES, FakeGrid, _run
@@ -76,7 +76,7 @@ def _evaluate(sealed_run, key_node):
 def test_another_round_reads_the_sealed_state_back(sealed_run):
     folder = sealed_run["sites"] / "site00"
     local_only = (folder / "local_only.pt").read_bytes()
-    with pytest.raises(SealError, match="site00/heads.pt: cannot unseal as 'heads.pt': wrong state key"):
+    with pytest.raises(SealError, match=r"site00/heads.pt \(versions.sealed beside it\): cannot unseal as 'versions.sealed': wrong state key"):
         _evaluate(sealed_run, key_node=12)  # site01's key
     reply = _evaluate(sealed_run, key_node=11)
     assert not reply.has_error()
@@ -109,7 +109,8 @@ def test_forecast_without_or_with_a_wrong_key_names_the_file(sealed_run, tmp_pat
     assert forecast(args) == 1
     assert f"{state / 'guard.json'}: sealed with a site's state key" in capsys.readouterr().err
     assert forecast([*args, "--state-key", str(sealed_run["keys"][11])]) == 1
-    assert f"{state / 'guard.json'}: cannot unseal as 'guard.json': wrong state key" in capsys.readouterr().err
+    assert (f"{state / 'guard.json'} ({VERSIONS} beside it): cannot unseal as '{VERSIONS}': wrong state key"
+            in capsys.readouterr().err)
     assert not (tmp_path / "f.csv").exists()
 
 
@@ -133,3 +134,40 @@ def test_state_key_command(tmp_path, capsys):
     assert f"state-key='{path}'" in capsys.readouterr().out
     assert new_key([str(path)]) == 2
     assert "a state key is already there" in capsys.readouterr().err
+
+
+def test_an_older_copy_or_another_folders_file_is_refused(tmp_path):
+    key = generate_state_key(tmp_path / "state.key")
+    site, other, record = tmp_path / "site", tmp_path / "other", tmp_path / "site" / VERSIONS
+    write_json(site / "guard.json", {"round": 1}, key)
+    old_guard, old_record = (site / "guard.json").read_bytes(), record.read_bytes()
+    write_json(site / "guard.json", {"round": 2}, key)
+    write_json(other / "guard.json", {"round": 9}, key)
+    (site / "guard.json").write_bytes(old_guard)
+    with pytest.raises(SealError, match=r"site/guard.json: holds write 1 of its folder, but versions.sealed records "
+                                        r"write 2: an older copy"):
+        read_json(site / "guard.json", key)
+    write_json(site / "heads.json", {"round": 2}, key)
+    record.write_bytes(old_record)  # the record put back too: a file written since is then too new for it
+    assert read_json(site / "guard.json", key) == {"round": 1}
+    with pytest.raises(SealError, match=r"site/heads.json: holds write 3 of its folder, but versions.sealed records "
+                                        r"write 0"):
+        read_json(site / "heads.json", key)
+    (site / "guard.json").write_bytes((other / "guard.json").read_bytes())
+    with pytest.raises(SealError, match="site/guard.json: cannot unseal as 'guard.json'.*in another folder"):
+        read_json(site / "guard.json", key)
+    record.unlink()
+    with pytest.raises(SealError, match=r"site/guard.json: versions.sealed is missing beside it"):
+        read_json(site / "guard.json", key)
+
+
+def test_a_crash_between_a_file_and_its_record_loses_nothing(tmp_path):
+    key = generate_state_key(tmp_path / "state.key")
+    write_json(tmp_path / "site" / "guard.json", {"round": 1}, key)
+    record = (tmp_path / "site" / VERSIONS).read_bytes()
+    write_json(tmp_path / "site" / "guard.json", {"round": 2}, key)
+    (tmp_path / "site" / VERSIONS).write_bytes(record)  # as if the process died before the record was written
+    assert read_json(tmp_path / "site" / "guard.json", key) == {"round": 2}
+    write_json(tmp_path / "site" / "alone.json", {"best": "naive"}, key)
+    assert read_json(tmp_path / "site" / "guard.json", key) == {"round": 2}
+    assert read_json(tmp_path / "site" / "alone.json", key) == {"best": "naive"}

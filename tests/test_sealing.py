@@ -1,5 +1,5 @@
-"""shared.sealing: sealed state files round-trip; a wrong key, a flipped byte, a swapped name or a plain file
-are refused; the key file and its errors."""
+"""shared.sealing: sealed state files round-trip; a wrong key, a flipped byte, a swapped name or folder, or a
+plain file are refused; the key file and its errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import stat
 import pytest
 import torch
 
-from shared.sealing import (HEADER, NONCE_BYTES, SealError, generate_state_key, is_sealed, load_state_key, seal,
-                            unseal)
+from shared.sealing import (HEADER_BYTES, MAGIC, NONCE_BYTES, SealError, counter_of, generate_state_key, is_sealed,
+                            load_state_key, seal, unseal)
 
 DATA = b"site head weights \x00\x01\x02" * 100
 
@@ -45,10 +45,11 @@ def test_wrong_key_is_refused(key, tmp_path):
         unseal(seal(DATA, key, "model.pt"), other, "model.pt", source="model.pt")
 
 
-@pytest.mark.parametrize("where", ["nonce", "ciphertext", "tag"])
+@pytest.mark.parametrize("where", ["counter", "nonce", "ciphertext", "tag"])
 def test_flipped_byte_is_refused(key, where):
     blob = bytearray(seal(DATA, key, "model.pt"))
-    at = {"nonce": len(HEADER), "ciphertext": len(HEADER) + NONCE_BYTES + 7, "tag": len(blob) - 1}[where]
+    at = {"counter": HEADER_BYTES - 1, "nonce": HEADER_BYTES, "ciphertext": HEADER_BYTES + NONCE_BYTES + 7,
+          "tag": len(blob) - 1}[where]
     blob[at] ^= 0x01
     with pytest.raises(SealError, match="the file was altered"):
         unseal(bytes(blob), key, "model.pt")
@@ -56,10 +57,11 @@ def test_flipped_byte_is_refused(key, where):
 
 def test_altered_header_or_length_is_refused(key):
     blob = seal(DATA, key, "model.pt")
-    with pytest.raises(SealError, match="format version 2"):
-        unseal(HEADER[:-1] + b"\x02" + blob[len(HEADER):], key, "model.pt")
+    for version in (1, 3):
+        with pytest.raises(SealError, match=f"format version {version}, this code reads version 2"):
+            unseal(MAGIC + bytes([version]) + blob[len(MAGIC) + 1:], key, "model.pt")
     with pytest.raises(SealError, match="truncated"):
-        unseal(blob[:len(HEADER) + NONCE_BYTES + 3], key, "model.pt")
+        unseal(blob[:HEADER_BYTES + NONCE_BYTES + 3], key, "model.pt")
     with pytest.raises(SealError, match="altered"):
         unseal(blob[:-1], key, "model.pt")
 
@@ -70,6 +72,17 @@ def test_swapped_name_is_refused(key, tmp_path):
     with pytest.raises(SealError, match="head.pt: cannot unseal as 'head.pt'.*sealed as another file"):
         unseal((tmp_path / "head.pt").read_bytes(), key, "head.pt", source=tmp_path / "head.pt")
     assert unseal(head, key, "head.pt") == b"head"
+
+
+def test_folder_and_counter_are_bound(key):
+    blob = seal(DATA, key, "model.pt", folder="f1", counter=7)
+    assert counter_of(blob) == 7 and unseal(blob, key, "model.pt", folder="f1") == DATA
+    with pytest.raises(SealError, match="sealed as another file or in another folder"):
+        unseal(blob, key, "model.pt", folder="f2")
+    with pytest.raises(SealError, match="sealed as another file or in another folder"):
+        unseal(blob, key, "model.pt")
+    with pytest.raises(SealError, match="the file was altered"):  # a counter changed in the clear header
+        unseal(blob[:HEADER_BYTES - 1] + b"\x08" + blob[HEADER_BYTES:], key, "model.pt", folder="f1")
 
 
 def test_plain_file_is_refused(key, tmp_path):
