@@ -24,10 +24,11 @@ from client.privacy import privacy_mod
 from client.secagg import secagg_mod
 from client.site import Site
 from shared import wire
+from shared.checkpoint import check_finite
 from shared.config import Settings
 from shared.model import ModelArgs
 from shared.sealing import load_state_key
-from shared.signing import verify_encoder
+from shared.signing import SIGNATURE, Reply, reply_records, sign_reply, verify_encoder
 from shared.sites import open_slice
 
 app = ClientApp()
@@ -86,11 +87,11 @@ def _unpack(msg: Message, context: Context, settings: Settings
     if wire.LAYOUT not in config:
         raise ValueError(f"the message has no {wire.LAYOUT}: the server runs another version of this App")
     arrays = wire.unpack(msg.content["arrays"], wire.loads(str(config[wire.LAYOUT])))
-    server_round = int(config["server-round"])
+    server_round, run_key = int(config["server-round"]), str(config["run-key"])
     if key := trusted_key(context, settings):
-        verify_encoder(key, arrays, server_round, config.get("encoder-signature"))
+        verify_encoder(key, arrays, server_round, config.get("encoder-signature"), run_key=run_key)
     args = ModelArgs.from_dict(json.loads(str(config["model-args"])))
-    return args, arrays, server_round, str(config["run-key"])
+    return args, arrays, server_round, run_key
 
 
 def reports_mode(context: Context, settings: Settings) -> str:
@@ -101,10 +102,15 @@ def reports_mode(context: Context, settings: Settings) -> str:
     return mode
 
 
-def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | None = None,
+def _reply(msg: Message, context: Context, site: Site, metrics: dict[str, float], arrays: dict | None = None,
            info: dict[str, str] | None = None, reports: str = "full") -> Message:
     """The reply; with reports "minimal" only what aggregation needs: the arrays and, for a train
-    reply, the FedAvg weight (an evaluate reply carries a constant weight of 1, no name, no errors)."""
+    reply, the FedAvg weight (an evaluate reply carries a constant weight of 1, no name, no errors).
+
+    With a `reply-key` in the node config (its organization's Ed25519 key: only ever the site's own
+    config), the reply carries a SIGNATURE record: the site's name and its signature over every other
+    record, the round and the run (shared.signing.Reply), which a coordinator with a roster checks.
+    """
     if reports == "minimal":
         metrics = {"num-examples": metrics["num-examples"] if arrays is not None else 1}
         site_info = {}
@@ -113,23 +119,33 @@ def _reply(msg: Message, site: Site, metrics: dict[str, float], arrays: dict | N
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(site_info)})
     if arrays is not None:
         content["arrays"] = ArrayRecord(wire.pack(arrays, wire.loads(str(msg.content["config"][wire.LAYOUT]))))
+    if key := context.node_config.get("reply-key"):
+        config = msg.content["config"]
+        signed = Reply(str(config["run-key"]), int(config["server-round"]), msg.metadata.message_type, site.name,
+                       reply_records(content))
+        content[SIGNATURE] = ConfigRecord({"site": site.name, "signature": sign_reply(str(key), signed)})
     return Message(content=content, reply_to=msg)
 
 
 @app.train(mods=[secagg_mod, privacy_mod])  # SecAgg+ first: the DP mod sees plain messages
 def train(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
+    if settings.privacy.dp == "local" and context.node_config.get("reply-key"):
+        raise ValueError("reply-key with dp = local: the DP mod noises the reply after it is signed, so the "
+                         "coordinator would refuse it; run local DP without a roster")
     args, encoder, server_round, run = _unpack(msg, context, settings)
+    check_finite(encoder, f"the {settings.federation.exchange} received for round {server_round}")
     site = open_site(context, settings)
     sent, metrics = site.train_round(args, settings.train, encoder, server_round, settings.federation.exchange, run)
-    return _reply(msg, site, metrics, arrays=sent, reports=reports_mode(context, settings))
+    return _reply(msg, context, site, metrics, arrays=sent, reports=reports_mode(context, settings))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     settings = Settings.from_config(context.run_config)
     args, encoder, server_round, run = _unpack(msg, context, settings)
+    check_finite(encoder, f"the {settings.federation.exchange} received for round {server_round}")
     site = open_site(context, settings)
     evaluation = site.evaluate_round(args, settings.train, encoder, server_round, settings.federation.exchange, run)
     metrics, info = evaluation.to_reply()
-    return _reply(msg, site, metrics, info=info, reports=reports_mode(context, settings))
+    return _reply(msg, context, site, metrics, info=info, reports=reports_mode(context, settings))

@@ -1,4 +1,4 @@
-"""Local differential privacy for a site's encoder update: the train mod (README: Privacy).
+"""Local differential privacy for a site's encoder update: the train mod (docs/privacy.md).
 
 Mods are fixed when client.app is imported, before any run config exists, so `privacy_mod` is
 always registered and reads the dp-* settings from each message's context: the run config's,

@@ -7,7 +7,7 @@ each round's message up to 3 s after the server sent it. This runs Flower's own 
 SuperExec it starts polling its own SuperNode for tasks every 0.1 s (Flower's default 1 s; a
 request on loopback that costs the SuperLink nothing) unless FLWR_SUPEREXEC_TASK_POLL_INTERVAL
 is set: with one site per machine, rounds then cost 4.4 s beyond training instead of 5.3 s at
-0.5 s (README, Round overhead). Each
+0.5 s (docs/studies.md, Round overhead). Each
 idle site then asks the SuperLink for work 1/poll times a second instead of every 3 s: mind the
 SuperLink's load with hundreds of sites. Plain `flower-supernode` keeps working; this only waits
 less. Only for the Flower version it was checked against (the loop may change in another).

@@ -1,6 +1,7 @@
 """ServerApp: loads (or pretrains) the shared encoder and runs encoder-only FedAvg rounds.
 
-With `sign-key` (the coordinator's Ed25519 private key), every encoder it sends is signed for its round.
+With `sign-key` (the coordinator's Ed25519 private key), every encoder it sends is signed for its round and run.
+With `roster` (the organizations' public keys), only replies signed by a listed site count (server.strategy).
 With `dp = "central"` and `dp-epsilon`, the noise is calibrated here so that num-server-rounds spend that ε.
 With `secagg = true`, training rounds run under SecAgg+ (server.secagg): the server sees only the sum.
 
@@ -33,7 +34,7 @@ from shared.guard import evidence_warning
 from shared.model import Forecaster, ModelArgs, count_parameters, state_bytes
 from shared.pretrain import initial_model
 from shared.results import site_table
-from shared.signing import load_private_key, sign_encoder
+from shared.signing import Roster, load_private_key, sign_encoder
 
 app = ServerApp()
 
@@ -51,13 +52,17 @@ def main(grid: Grid, context: Context) -> None:
     if fed.min_train_nodes < 1:
         raise ValueError("min-train-nodes must be at least 1")
     privacy = calibrated(settings.privacy, fed.num_server_rounds)  # bad DP settings fail here, before pretraining
-    robust = [key for key, on in (("aggregation", fed.aggregation != "fedavg"), ("clip-update-norm", fed.clip_update_norm),
-                                  ("max-update-norm", fed.max_update_norm and privacy.secagg)) if on]
-    if robust and (privacy.secagg or privacy.dp == "central"):
+    robust = [key for key, on in (("aggregation", fed.aggregation != "fedavg"),
+                                  ("clip-update-norm", fed.clip_update_norm and privacy.dp == "central"),
+                                  ("max-update-norm", fed.max_update_norm and privacy.secagg),
+                                  ("roster", privacy.roster and privacy.secagg)) if on]
+    if robust and (privacy.secagg or privacy.dp == "central"):  # under SecAgg+ each site clips before masking
         raise ValueError(f"{', '.join(robust)} cannot apply with {'secagg' if privacy.secagg else 'dp = central'}: "
-                         "SecAgg+ gives the server only the weighted sum, central DP its own clipped mean")
+                         "SecAgg+ gives the server only the weighted sum of unsigned masked updates, central DP "
+                         "its own clipped mean")
     sign_key = settings.privacy.sign_key
-    sign = partial(sign_encoder, load_private_key(sign_key)) if sign_key else None  # a bad key fails here
+    signing_key = load_private_key(sign_key) if sign_key else None  # a bad key fails here
+    roster = Roster.load(privacy.roster) if privacy.roster else None  # and a bad roster
     out = Path(fed.out_dir)
     config = dict(context.run_config)
     started = time.monotonic()
@@ -84,7 +89,7 @@ def main(grid: Grid, context: Context) -> None:
     fedavg = EncoderFedAvg(
         out, fed, fraction_train=fed.fraction_train, fraction_evaluate=1.0,
         min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_train_nodes,
-        min_available_nodes=fed.min_train_nodes,
+        min_available_nodes=fed.min_train_nodes, roster=roster,
     )
     strategy = wrap_strategy(fedavg, privacy, num_sites=max(fed.wait_for_nodes, fed.min_train_nodes))
     dp = strategy if isinstance(strategy, DpStrategy) else None
@@ -97,6 +102,7 @@ def main(grid: Grid, context: Context) -> None:
         every = fed.evaluate_every
         return server_round == fed.num_server_rounds or bool(every and server_round % every == 0)
 
+    sign = partial(sign_encoder, signing_key, run_key=state.run_key) if signing_key else None
     secagg = (SecAggTrain(grid, context, settings, fedavg, message_config, sign=sign, timeout=fed.round_timeout)
               if settings.privacy.secagg else None)
     state = RoundLoop(strategy, grid, out, fed.num_server_rounds, ConfigRecord(message_config), evaluate_due,

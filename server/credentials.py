@@ -1,5 +1,5 @@
-"""Federation credentials: a CA, the SuperLink's TLS certificate, one SuperNode auth key per organization,
-the coordinator's encoder signing key.
+"""Federation credentials: a CA, the SuperLink's TLS certificate, one SuperNode auth key and one reply signing
+key per organization, the coordinator's encoder signing key and its roster of organizations.
 
     python -m server.credentials --out DIR --superlink-address fl.example.org [--superlink-address ...]
         --org hospital-a [--org ...] [--days 365] [--force]
@@ -21,10 +21,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.checkpoint import write_atomic
-from shared.signing import new_signing_key
+from shared.signing import new_signing_key, roster_line
 
 ORG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DNS_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?")
@@ -105,13 +106,18 @@ def generate(out_dir: str | Path, addresses: list[str], orgs: list[str], days: i
         "superlink/server.key": (server_key.private_bytes(PEM, PKCS8, NO_PW), 0o600),
         "superlink/server.pem": (server.public_bytes(PEM), 0o644), "superlink/ca.crt": (ca_pem, 0o644),
         "coordinator/signing.key": (signing_key, 0o600), "coordinator/signing.pub": (signing_pub, 0o644)}
+    roster = ["# the organizations whose replies count (run config roster): site name, Ed25519 public key\n"]
     for org in orgs:
+        reply_key = Ed25519PrivateKey.generate()
+        files[f"orgs/{org}/reply.key"] = (reply_key.private_bytes(PEM, PKCS8, NO_PW), 0o600)
+        roster.append(roster_line(org, reply_key.public_key()))
         key = ec.generate_private_key(ec.SECP384R1())
         pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         files[f"orgs/{org}/auth_key"] = (key.private_bytes(PEM, serialization.PrivateFormat.OpenSSH, NO_PW), 0o600)
         files[f"orgs/{org}/auth_key.pub"] = (pub + f" {org}\n".encode(), 0o644)
         files[f"orgs/{org}/ca.crt"] = (ca_pem, 0o644)
         files[f"orgs/{org}/signing.pub"] = (signing_pub, 0o644)
+    files["coordinator/roster.txt"] = ("".join(roster).encode(), 0o644)
     files["README.txt"] = (_readme(out, sans, orgs, server.not_valid_after_utc).encode(), 0o644)
 
     written = {}
@@ -143,13 +149,18 @@ WHO KEEPS WHAT (secret files: never copy them anywhere else, never commit them)
 - Coordinator: coordinator/signing.key is SECRET. The ServerApp signs every encoder it sends with it
   (run config sign-key): keep it where the ServerApp runs, with the coordinator only; whoever holds it can
   send encoders the sites accept. coordinator/signing.pub is its public half.
+- Coordinator: coordinator/roster.txt lists each organization's reply key (public). With run config
+  roster='/path/to/coordinator/roster.txt' the ServerApp counts only replies signed by a listed site: a SuperNode
+  whose auth key someone else registered gets nothing aggregated. Keep it where no one else can edit it.
 - SuperLink host: superlink/server.key is SECRET (on the SuperLink host only); superlink/server.pem and
   superlink/ca.crt are public.
 - Each organization <org>: orgs/<org>/auth_key is SECRET (with that organization only: it is the SuperNode's
   identity); hand it over on a secure channel, then delete the coordinator's copy. orgs/<org>/ca.crt is public;
   orgs/<org>/auth_key.pub stays with the coordinator, who registers it. orgs/<org>/signing.pub is public (a copy
   of coordinator/signing.pub): the site refuses any encoder it does not verify (verify-key), so hand it over on
-  a channel that cannot be tampered with, and keep it where no one else can replace it.
+  a channel that cannot be tampered with, and keep it where no one else can replace it. orgs/<org>/reply.key is
+  SECRET (with that organization only): the site signs its replies with it (node config reply-key); the roster
+  names it <org>, so the site's name (its data's site, or node config site-name) must be <org>.
 
 1. SuperLink host, from the folder holding superlink/ (--host 0.0.0.0: reachable from other machines;
    --database: registrations survive a restart):
@@ -166,17 +177,23 @@ WHO KEEPS WHAT (secret files: never copy them anywhere else, never commit them)
 {org_lines}
 
 3. Each organization, from its folder orgs/<org>/ (paths: the site's own data file, a folder for its
-   private state, and this folder's signing.pub, the only key whose encoders the site accepts):
+   private state, this folder's signing.pub, the only key whose encoders the site accepts, and its reply.key):
   flower-supernode --superlink {host}:{PORT} --root-certificates ca.crt --auth-supernode-private-key auth_key \\
-    --node-config "data-path='/path/to/series.csv' state-dir='/path/to/state' verify-key='/path/to/signing.pub'"
+    --node-config "data-path='/path/to/series.csv' state-dir='/path/to/state' site-name='<org>' \\
+      verify-key='/path/to/signing.pub' reply-key='/path/to/reply.key'"
    An unregistered key is refused ("Failed to activate SuperNode", exit code 305). Several SuperNodes on one
    machine: give each its own --port (its local Runtime API, default 9094). From the project folder,
    `./dev python -m client.supernode --poll 0.5` with the same arguments instead of flower-supernode picks up
    each round's message within 0.5 s instead of Flower's 3 s idle wait, and starts its ClientApp within
-   0.1 s instead of 1 s (README: Round overhead).
+   0.1 s instead of 1 s (docs/studies.md: Round overhead).
 
 4. Coordinator, from the project folder:
-  flwr run . fedts --stream
+  flwr run . fedts --stream --run-config "sign-key='{out}/coordinator/signing.key' roster='{out}/coordinator/roster.txt'"
+
+The SuperLink serves its Control API (where `flwr supernode register` and `flwr run` go; no login in
+open-source Flower 1.41) on the same address as the Fleet API the SuperNodes use. Let the sites reach
+that address only through a filter that passes /v1/fleet/ alone (docs/deployment.md: Control API), and
+run with the roster, so a stranger who registers a key of its own still gets nothing aggregated.
 """
 
 

@@ -1,4 +1,4 @@
-"""Differential privacy on the encoder updates, and the (ε, δ) they spend (README: Privacy).
+"""Differential privacy on the encoder updates, and the (ε, δ) they spend (docs/privacy.md).
 
 A site's update is the encoder it sends minus the one it received; the unit protected is a site's
 whole update in a round. "central": the server clips every update to L2 norm `dp-clip`, averages

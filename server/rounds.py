@@ -80,7 +80,7 @@ class RunState:
 
 Arrays = dict[str, torch.Tensor]
 TrainPhase = Callable[[int, Arrays], Arrays]  # (round, arrays sent) -> the arrays after the round
-Sign = Callable[[Arrays, int], bytes]  # (arrays, round) -> their signature for that round
+Sign = Callable[[Arrays, int], bytes]  # (arrays, round) -> their signature for that round of this run
 
 
 @dataclass
@@ -97,7 +97,7 @@ class RoundLoop:
         timeout: seconds a phase waits for replies.
         parts: stateful parts (a SiteLog-keeping strategy, a DP account) checkpointed with each phase.
         sign: given, every message carries `encoder-signature`, the arrays it sends signed for its
-            round (shared.signing).
+            round and the run (shared.signing).
         train: the train phase; None: the strategy's configure_train, send, aggregate_train.
     """
 

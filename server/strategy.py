@@ -9,6 +9,10 @@ recorded with its site; sites may report different metric keys, so the aggregate
 counts. Replies are sorted by site before aggregation: they arrive in completion order, and a
 fixed order makes the float sums, and so whole runs, reproducible. SecAgg+ rounds (server.secagg)
 see only sums and cannot check one site's update.
+
+With a roster of organizations (run config `roster`), a train or evaluate reply counts only if signed,
+for its round and run, by the roster key of the site it names (shared.signing); any other is rejected
+the same way, with the reason. SecAgg+ train rounds do not go through this check.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from flwr.serverapp.strategy import FedAvg
 from shared import wire
 from shared.checkpoint import write_json
 from shared.config import FederationArgs
+from shared.signing import SIGNATURE, Reply, Roster, reply_records
 from shared.updates import Rejected, State, aggregate, check_settings, check_update, training_windows
 
 
@@ -101,16 +106,22 @@ class EncoderFedAvg(FedAvg):
         out_dir: where `per_site.json` is written.
         federation: the settings `aggregation`, `trim-fraction`, `clip-update-norm`,
             `max-update-norm` and `max-train-windows` (the others are not read here).
+        roster: the organizations admitted (run config `roster`); given, a train or evaluate reply
+            counts only if signed, for its round and run, by the roster key of the site it names
+            (shared.signing), once per site and round. None admits every reply: for trusted federations.
         **kwargs: FedAvg's own arguments (fractions, minimum nodes). A round whose usable
             replies are fewer than `min_train_nodes` raises TooFewSites.
 
     `accepted` holds the replies aggregated in the last training round, in site order.
     """
 
-    def __init__(self, out_dir: str | Path, federation: FederationArgs = FederationArgs(), **kwargs):
+    def __init__(self, out_dir: str | Path, federation: FederationArgs = FederationArgs(),
+                 roster: Roster | None = None, **kwargs):
         check_settings(federation)
         super().__init__(**kwargs)
         self.federation = federation
+        self.roster = roster
+        self._run_key = ""  # the run key the messages of the current phase were sent with
         self.log = SiteLog(Path(out_dir) / "per_site.json")
         self.round_times: dict[int, float] = {}
         self.first_windows: dict[str, int] = {}  # site -> training windows in its first accepted reply
@@ -124,11 +135,13 @@ class EncoderFedAvg(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         self._round_start = time.monotonic()
         self._layout = wire.loads(str(config.get(wire.LAYOUT, "")))
+        self._run_key = str(config.get("run-key", ""))
         self._encoder = wire.unpack(arrays, self._layout)
         return self._remember(server_round, "train", super().configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        self._run_key = str(config.get("run-key", ""))
         return self._remember(server_round, "evaluate",
                               super().configure_evaluate(server_round, arrays, config, grid))
 
@@ -150,6 +163,21 @@ class EncoderFedAvg(FedAvg):
             raise TooFewSites(f"round {server_round} ({phase}): {usable} sites answered, at least {minimum} "
                               f"needed (min-train-nodes); missing: {', '.join(missing) or 'none'}")
 
+    def _admitted(self, server_round: int, phase: str, site: str, reply: Message, signers: set[str]) -> None:
+        """With a roster: SignatureError unless `reply` is signed, for this round and run, by the roster key of
+        the site it names (as `site` in the log too); Rejected if that site already replied in this phase."""
+        if self.roster is None:
+            return
+        signature = reply.content.config_records.get(SIGNATURE, {})
+        signer = str(signature.get("site", ""))
+        self.roster.verify(Reply(self._run_key, server_round, phase, signer, reply_records(reply.content)),
+                           signature.get("signature"))
+        if "name" in reply.content.config_records.get("site", {}) and site != signer:
+            raise Rejected(f"signed by {signer!r} but names itself {site!r}")
+        if signer in signers:
+            raise Rejected(f"{signer} already replied in this round (from another node)")
+        signers.add(signer)
+
     def _check(self, server_round: int, site: str, reply: Message) -> tuple[State, int]:
         """A train reply's update and weight; Rejected (or ValueError from unpacking) with the reason."""
         if len(reply.content.array_records) != 1 or len(reply.content.metric_records) != 1:
@@ -170,9 +198,10 @@ class EncoderFedAvg(FedAvg):
         replies = list(replies)
         answers = sorted(((self.log.site_of(m), m) for m in replies if not m.has_error()),
                          key=lambda answer: (answer[0], answer[1].metadata.src_node_id))
-        accepted, updates, weights, rejected = [], [], [], {}
+        accepted, updates, weights, rejected, signers = [], [], [], {}, set()
         for site, reply in answers:
             try:
+                self._admitted(server_round, "train", site, reply, signers)
                 update, windows = self._check(server_round, site, reply)
             except ValueError as exc:  # Rejected, or a packed array that does not fit the layout
                 rejected[reply.metadata.src_node_id] = f"rejected: {exc}"
@@ -193,8 +222,14 @@ class EncoderFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Each site's figures go to its rows (sites may report different keys); the aggregate is their count."""
         replies = list(replies)
-        self._record(server_round, "evaluate", replies)
-        usable = sum(not m.has_error() for m in replies)
+        rejected, signers = {}, set()
+        for reply in sorted((m for m in replies if not m.has_error()), key=lambda m: m.metadata.src_node_id):
+            try:
+                self._admitted(server_round, "evaluate", self.log.site_of(reply), reply, signers)
+            except ValueError as exc:
+                rejected[reply.metadata.src_node_id] = f"rejected: {exc}"
+        self._record(server_round, "evaluate", replies, rejected)
+        usable = sum(not m.has_error() for m in replies) - len(rejected)
         return MetricRecord({"sites": usable}) if usable else None
 
     def state_dict(self) -> dict:

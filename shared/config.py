@@ -86,7 +86,7 @@ class SiteArgs:
 
 @dataclass(frozen=True)
 class PrivacyArgs:
-    """Options for privacy-constrained pilots; all off by default (README: Privacy)."""
+    """Options for privacy-constrained pilots; all off by default (docs/privacy.md)."""
 
     secagg: bool = False  # aggregate encoder updates with SecAgg+: the server learns only their sum
     secagg_shares: int = 3  # SecAgg+ shares per site's secret
@@ -100,6 +100,7 @@ class PrivacyArgs:
     dp_epsilon_budget: float = 0.0  # stop before a round would spend more than this epsilon; 0 = no budget
     sign_key: str = ""  # coordinator: Ed25519 private key signing every encoder it sends
     verify_key: str = ""  # sites: the coordinator's public key; unsigned or tampered encoders are refused
+    roster: str = ""  # coordinator: the organizations' public keys; only replies signed by a listed site count
     reports: str = "full"  # "minimal": a site sends only what aggregation needs
 
 
@@ -181,7 +182,7 @@ class Settings:
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"unknown run-config key{'s' * (len(unknown) > 1)} {', '.join(unknown)} (the keys are "
-                             "those of [tool.flwr.app.config] in pyproject.toml, listed in the README)")
+                             "those of [tool.flwr.app.config] in pyproject.toml, listed in docs/configuration.md)")
         return cls.from_config(config)
 
 

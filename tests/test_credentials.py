@@ -1,5 +1,5 @@
-"""server.credentials: CA, SuperLink certificate, SuperNode auth keys, encoder signing key, overwrite guard,
-a real TLS handshake."""
+"""server.credentials: CA, SuperLink certificate, SuperNode auth keys, encoder signing key, reply keys and the
+roster, overwrite guard, a real TLS handshake."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from server.credentials import generate, main
-from shared.signing import SignatureError, load_private_key, load_public_key, sign_encoder, verify_encoder
+from shared.signing import (Reply, Roster, SignatureError, load_private_key, load_public_key, sign_encoder,
+                            sign_reply, verify_encoder)
 
 ADDRESSES = ["127.0.0.1", "localhost", "fl.example.org"]
 ORGS = ["hospital-a", "hospital-b"]
@@ -72,7 +73,8 @@ def test_ca_is_a_ca(creds):
 
 
 def test_private_keys_are_owner_only(creds):
-    for rel in ["ca/ca.key", "superlink/server.key", "coordinator/signing.key", *(f"orgs/{o}/auth_key" for o in ORGS)]:
+    for rel in ["ca/ca.key", "superlink/server.key", "coordinator/signing.key", *(f"orgs/{o}/auth_key" for o in ORGS),
+                *(f"orgs/{o}/reply.key" for o in ORGS)]:
         assert stat.S_IMODE(creds[rel].stat().st_mode) == 0o600, rel
     assert not list(creds["ca/ca.key"].parent.glob(".*.tmp"))  # no temporary file left behind
 
@@ -104,12 +106,25 @@ def test_signing_key_pair_reaches_every_org(creds, other):
     assert load_public_key(other["coordinator/signing.pub"]) != load_public_key(creds["coordinator/signing.pub"])
 
 
+def test_the_roster_lists_each_organizations_reply_key(creds, other):
+    roster = Roster.load(creds["coordinator/roster.txt"])
+    assert sorted(roster.keys) == sorted(ORGS)
+    reply = Reply("run", 1, "train", ORGS[0], {"metrics": {"num-examples": 3}})
+    roster.verify(reply, sign_reply(creds[f"orgs/{ORGS[0]}/reply.key"], reply))
+    with pytest.raises(SignatureError, match=f"signed with the key of '{ORGS[1]}'"):
+        roster.verify(reply, sign_reply(creds[f"orgs/{ORGS[1]}/reply.key"], reply))
+    with pytest.raises(SignatureError, match="does not verify"):  # another federation's organization
+        roster.verify(reply, sign_reply(other["orgs/x/reply.key"], reply))
+    assert [rel for rel in creds if rel.endswith("reply.key")] == [f"orgs/{o}/reply.key" for o in ORGS]
+
+
 def test_readme_names_files_and_commands(creds):
     text = creds["README.txt"].read_text()
     for part in ["--ssl-ca-certfile superlink/ca.crt", "--ssl-certfile superlink/server.pem",
                  "--ssl-keyfile superlink/server.key", "--enable-supernode-auth", "--root-certificates ca.crt",
                  "--auth-supernode-private-key auth_key", "--superlink fl.example.org:", "ca/ca.key is SECRET",
                  "coordinator/signing.key is SECRET", "orgs/<org>/signing.pub is public", "sign-key", "verify-key",
+                 "orgs/<org>/reply.key is", "reply-key='/path/to/reply.key'", "roster='", "/v1/fleet/",
                  *(f"orgs/{o}/auth_key.pub fedts --name {o}" for o in ORGS)]:
         assert part in text, part
 

@@ -44,16 +44,17 @@ def test_a_signed_run_is_accepted_by_every_site(signed_run):
         assert all((signed_run["sites"] / site / name).exists() for name in STATE_FILES)
 
 
-def _message(signed_run, signer, change_weight=False, message_type="train", relabel=False):
-    """The run's encoder sent for round 2, signed by `signer` (None: unsigned), one weight changed if asked,
-    or (relabel) the same packed values with two same-shaped tensors' names swapped in the layout."""
+def _message(signed_run, signer, change_weight=False, message_type="train", relabel=False, signed_run_key=None):
+    """The run's encoder sent for round 2, signed by `signer` (None: unsigned) for this run (or `signed_run_key`),
+    one weight changed if asked, or (relabel) the same packed values with two same-shaped tensors' names swapped
+    in the layout."""
     run_key = torch.load(signed_run["out"] / "server_state.pt", weights_only=True)["run_key"]
     encoder = {k: v.clone() for k, v in
                torch.load(signed_run["out"] / "global_encoder.pt", weights_only=True)["encoder"].items()}
     config = {"model-args": json.dumps(Settings.from_config(signed_run["run_config"]).model.to_dict()),
               "server-round": 2, "run-key": run_key}
     if signer is not None:
-        config["encoder-signature"] = sign_encoder(signer, encoder, 2)
+        config["encoder-signature"] = sign_encoder(signer, encoder, 2, run_key=signed_run_key or run_key)
     if change_weight:
         weight = encoder[sorted(encoder)[0]].view(-1)
         weight[0] += 1e-3
@@ -82,13 +83,15 @@ def _state(signed_run):
     ("tampered", "signature does not verify for round 2: the encoder does not come from the coordinator whose key"),
     ("relabelled", "signature does not verify for round 2"),
     ("other key", "signature does not verify for round 2"),
+    ("other run", "signature does not verify for round 2: .* signed for another round or run"),
     ("unsigned", "unsigned encoder: round 2 came without a signature"),
 ])
 def test_a_forged_encoder_is_refused_and_the_state_is_untouched(signed_run, keys, case, match, message_type):
     (private, public), (other, _) = keys
-    signer = {"tampered": private, "relabelled": private, "other key": other, "unsigned": None}[case]
+    signer = {"tampered": private, "relabelled": private, "other key": other, "other run": private,
+              "unsigned": None}[case]
     msg = _message(signed_run, signer, change_weight=case == "tampered", message_type=message_type,
-                   relabel=case == "relabelled")
+                   relabel=case == "relabelled", signed_run_key="another-run" if case == "other run" else None)
     before = _state(signed_run)
     with pytest.raises(SignatureError, match=match) as refused:
         client_app(msg, _context(signed_run))

@@ -1,5 +1,5 @@
-"""shared.signing: a signed encoder verifies; changed weights, another round, another key or no signature do not;
-torch and numpy states digest alike; key files and their errors."""
+"""shared.signing: a signed encoder verifies; changed weights, another round or run, another key or no signature do not;
+torch and numpy states digest alike; key files and their errors; a reply's digest and its check against a roster."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.model import Forecaster, ModelArgs
-from shared.signing import (SignatureError, encoder_digest, generate_signing_key, load_private_key, load_public_key,
-                            sign_encoder, verify_encoder)
+from shared.signing import (Reply, Roster, SignatureError, encoder_digest, generate_signing_key, load_private_key,
+                            load_public_key, roster_line, sign_encoder, sign_reply, verify_encoder)
 
 ARGS = ModelArgs(lookback=48, horizon=12, patch_len=12, patch_stride=12, d_model=16, n_heads=2, n_layers=1,
                  d_ff=32, lags=(1, 24))
@@ -61,6 +61,15 @@ def test_wrong_round_is_refused(encoder, keys):
         verify_encoder(keys[1], encoder, 4, signature)  # a replayed round-3 encoder
 
 
+def test_another_run_is_refused(encoder, keys):
+    signature = sign_encoder(keys[0], encoder, 3, run_key="run-a")
+    verify_encoder(keys[1], encoder, 3, signature, run_key="run-a")
+    with pytest.raises(SignatureError, match="round 3: .* signed for another round or run"):
+        verify_encoder(keys[1], encoder, 3, signature, run_key="run-b")  # the same round of another run
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_encoder(keys[1], encoder, 3, signature)  # no run
+
+
 def test_signature_from_another_key_is_refused(encoder, keys, tmp_path):
     intruder, _ = generate_signing_key(tmp_path)
     signature = sign_encoder(intruder, encoder, 3)
@@ -93,11 +102,12 @@ def test_tensor_and_numpy_states_digest_alike(encoder):
     assert encoder_digest({"w": big_endian}, 0) == encoder_digest({"w": a}, 0)  # values, not byte order
 
 
-def test_digest_covers_names_dtypes_shapes_and_round():
+def test_digest_covers_names_dtypes_shapes_round_and_run():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     digests = {
         encoder_digest({"w": a}, 0),
         encoder_digest({"w": a}, 1),
+        encoder_digest({"w": a}, 0, "run"),
         encoder_digest({"v": a}, 0),
         encoder_digest({"w": a.reshape(3, 2)}, 0),  # same bytes, another shape
         encoder_digest({"w": a.astype(np.float64)}, 0),  # same values, another dtype
@@ -105,7 +115,7 @@ def test_digest_covers_names_dtypes_shapes_and_round():
         encoder_digest({"w": a[:1], "w2": a[1:]}, 0),  # same bytes, split differently
         encoder_digest({"w": a, "x": np.zeros(0, np.float32)}, 0),  # an extra (empty) tensor
     }
-    assert len(digests) == 8
+    assert len(digests) == 9
 
 
 def test_bad_round_and_dtype_are_errors():
@@ -157,3 +167,46 @@ def test_key_loading_errors_name_the_file(keys, tmp_path):
         serialization.BestAvailableEncryption(b"pw")))
     with pytest.raises(ValueError, match="locked.key: the signing key is password-protected"):
         load_private_key(tmp_path / "locked.key")
+
+
+def _reply(**changes):
+    records = {"arrays": {"flat": np.arange(4, dtype=np.float32)}, "metrics": {"num-examples": 10, "val-mae": 0.5},
+               "site": {"name": "a", "served": "federated"}}
+    fields = {"run_key": "run", "server_round": 1, "phase": "train", "site": "a", "records": records} | changes
+    return Reply(**fields)
+
+
+def test_reply_digest_covers_every_field_and_record_value():
+    base = _reply().records
+    variants = [
+        _reply(), _reply(run_key="other"), _reply(server_round=2), _reply(phase="evaluate"), _reply(site="b"),
+        _reply(records={**base, "arrays": {"flat": np.arange(4, dtype=np.float64)}}),
+        _reply(records={**base, "metrics": {"num-examples": 11, "val-mae": 0.5}}),
+        _reply(records={**base, "metrics": {"num-examples": 10.0, "val-mae": 0.5}}),  # int and float differ
+        _reply(records={**base, "metrics": {"num-examples": 10, "val-mae": 0.5, "extra": [1, 2]}}),
+        _reply(records={**base, "site": {"name": "a", "served": "alone"}}),
+        _reply(records={"arrays2": base["arrays"], "metrics": base["metrics"], "site": base["site"]}),
+    ]
+    assert len({r.digest() for r in variants}) == len(variants)
+    as_torch = {**base, "arrays": {"flat": torch.arange(4, dtype=torch.float32)}}
+    assert _reply(records=as_torch).digest() == _reply().digest()  # values, not the array type
+    with pytest.raises(ValueError, match="reply value 'x': cannot sign a dict"):
+        _reply(records={"m": {"x": {}}}).digest()
+
+
+def test_a_reply_verifies_only_with_the_roster_key_of_its_site(keys, tmp_path):
+    a_key, b_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    (tmp_path / "roster.txt").write_text(roster_line("a", a_key.public_key()) + roster_line("b", b_key.public_key()))
+    roster = Roster.load(tmp_path / "roster.txt")
+    assert sorted(roster.keys) == ["a", "b"]
+    roster.verify(_reply(), sign_reply(a_key, _reply()))
+    with pytest.raises(SignatureError, match="signed with the key of 'b' but names itself 'a'"):
+        roster.verify(_reply(), sign_reply(b_key, _reply()))
+    with pytest.raises(SignatureError, match="does not verify with the key .* lists for 'a'"):
+        roster.verify(_reply(server_round=2), sign_reply(a_key, _reply()))
+    with pytest.raises(SignatureError, match="unsigned reply"):
+        roster.verify(_reply(), None)
+    with pytest.raises(SignatureError, match="must be bytes, got str"):
+        roster.verify(_reply(), "00")
+    with pytest.raises(SignatureError, match="signed as 'c', a site not on"):
+        roster.verify(_reply(site="c"), sign_reply(load_private_key(keys[0]), _reply(site="c")))
