@@ -7,7 +7,10 @@ Flower's `secaggplus_mod`; three of its four stages (keys, shares, unmasking) ne
 handler. In the stage that collects masked vectors, the legacy fit instruction (legacy parameters
 in `fitins.parameters`, a flat `fitins.config`) is turned into the message the handler already
 serves ("arrays" packed with their `array-layout`, shared.wire; "config"), and the handler's reply ("arrays",
-"metrics" with num-examples, "site") into the legacy FitRes `secaggplus_mod` masks. The masked
+"metrics" with num-examples, "site") into the legacy FitRes `secaggplus_mod` masks. The server sees
+only the sum, so it cannot check one site's update: the site does, before masking. It refuses to send
+non-finite values, and with the run config's `clip-update-norm` > 0 scales its update (the encoder it
+returns minus the one it received) down to that L2 norm (shared.updates.clip_update). The masked
 reply then keeps only what the server needs: num_examples is zeroed and `num-examples` dropped
 from the plain-text metrics (the weight travels inside the masked vector), and the masked
 integers travel as uint32 instead of int64.
@@ -29,6 +32,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from shared import wire
+from shared.checkpoint import check_finite
+from shared.config import Settings
+from shared.updates import State, clip_update
 
 # the fit-config keys `server.secagg` adds (kept here too: a site imports no server code)
 ARRAY_KEYS = "array-keys"
@@ -81,15 +87,28 @@ def to_plain(content: RecordDict) -> tuple[RecordDict, wire.Layout, float, float
     return RecordDict({"arrays": ArrayRecord(wire.pack(state)), "config": ConfigRecord(config)}), layout, max_weight, clipping_range
 
 
-def to_legacy(reply: RecordDict, layout: wire.Layout, max_weight: float, clipping_range: float) -> RecordDict:
+def bounded(received: State, returned: State, clip_norm: float) -> State:
+    """`returned` with its update from `received` scaled down to L2 norm `clip_norm` when longer (0: as
+    returned); ValueError if it holds non-finite values."""
+    check_finite(returned, "SecAgg+: the encoder this site would send")
+    if not clip_norm:
+        return returned
+    update = clip_update({name: returned[name].double() - base.double() for name, base in received.items()}, clip_norm)
+    return {name: (base.double() + update[name]).to(returned[name].dtype) for name, base in received.items()}
+
+
+def to_legacy(reply: RecordDict, layout: wire.Layout, max_weight: float, clipping_range: float,
+              received: State | None = None, clip_norm: float = 0.0) -> RecordDict:
     """The legacy FitRes content `secaggplus_mod` masks, from the handler's ordinary reply.
 
-    The weight is the reply's num-examples, capped at `max_weight` (flagged in the metrics).
-    Raises ValueError if a weighted parameter would be clipped, which would corrupt the sum.
+    The weight is the reply's num-examples, capped at `max_weight` (flagged in the metrics). The arrays
+    must be finite; with `clip_norm` > 0 their update from `received` (the encoder the site was sent)
+    is bounded first (`bounded`). Raises ValueError if a weighted parameter would be clipped by the
+    quantisation, which would corrupt the sum.
     """
     if len(reply.array_records) != 1 or len(reply.metric_records) != 1:
         raise ValueError("a train reply must hold exactly one ArrayRecord and one MetricRecord")
-    sent = wire.unpack(next(iter(reply.array_records.values())), layout)
+    sent = bounded(received, wire.unpack(next(iter(reply.array_records.values())), layout), clip_norm)
     metrics = dict(next(iter(reply.metric_records.values())))
     num_examples = int(metrics.pop("num-examples"))
     weight = min(num_examples, int(max_weight))
@@ -113,9 +132,12 @@ def to_legacy(reply: RecordDict, layout: wire.Layout, max_weight: float, clippin
 
 
 def legacy_fit(msg: Message, context: Context, handler: ClientAppCallable) -> Message:
-    """Run the ordinary train handler on a legacy fit instruction; reply as a legacy FitRes."""
+    """Run the ordinary train handler on a legacy fit instruction; reply as a legacy FitRes, the site's
+    update bounded to the run config's `clip-update-norm`."""
     legacy_content = msg.content
     plain, layout, max_weight, clipping_range = to_plain(legacy_content)
+    received = wire.unpack(plain["arrays"], layout)
+    clip_norm = Settings.from_config(context.run_config).federation.clip_update_norm
     msg.content = plain
     try:
         reply = handler(msg, context)
@@ -123,4 +145,4 @@ def legacy_fit(msg: Message, context: Context, handler: ClientAppCallable) -> Me
         msg.content = legacy_content
     if reply.has_error():
         raise RuntimeError(f"train handler failed in a SecAgg+ round: {reply.error.reason}")
-    return Message(to_legacy(reply.content, layout, max_weight, clipping_range), reply_to=msg)
+    return Message(to_legacy(reply.content, layout, max_weight, clipping_range, received, clip_norm), reply_to=msg)

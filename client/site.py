@@ -5,15 +5,21 @@ State folder (never leaves the site):
   heads.pt      its head after each of the run's latest phases, so a phase the server repeats
                 after a resume starts from the same head as the first time
   guard.json    what the site serves (federated or its best alone option) and why
+  site-data-<tag>.parquet  the site's rows of the data file, so later messages need not read it
+                (shared.sites.open_slice)
+  heads.pt.damaged-<time>  a heads.pt that could not be read, set aside (with a warning) so the site
+                starts a fresh head from the global encoder and keeps its other files
 Alone folder (the state folder unless configured otherwise):
   alone.json    validation and test errors of every option the site has alone, and the best one
   local_only.pt the site's own architecture trained on its data alone
-With a state key (shared.sealing), every one of these files is sealed with it: unreadable without it.
+With a state key (shared.sealing), every one of these files is sealed with it: unreadable without it,
+and `versions.sealed` records which copy of each is current, so an older copy is refused.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,11 +30,13 @@ import torch
 from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import load_encoder, load_torch, read_json, save_model, write_atomic, write_json
 from shared.config import DataArgs, SiteArgs
-from shared.data import GapReport, Splits, Windows, make_splits, regularize, season_length
+from shared.data import GapReport, Splits, Windows, regularize, season_length
 from shared.guard import decide, divide
 from shared.scoring import model_scores, scores
 from shared.model import Forecaster, ModelArgs
 from shared.results import ArmScores, SiteEvaluation
+from shared.sealing import SealError
+from shared.sites import site_splits
 from shared.statistical import frame_n_train, statistical_predictions
 from shared.config import TrainArgs
 from shared.train import anchor_head, body_update, fine_tune, linear_probe, round_seed, train_scratch
@@ -65,8 +73,7 @@ class Site:
         return cls(name, regular, gaps, Path(state_dir), data, options, key)
 
     def splits(self, args: ModelArgs) -> Splits:
-        return make_splits(self.frame, args.lookback, args.horizon, self.data.val_size,
-                           self.data.test_size, stride=self.data.stride, covariates=args.futr_exog)
+        return site_splits(self.frame, self.data, args)
 
     @property
     def model_path(self) -> Path:
@@ -81,16 +88,33 @@ class Site:
         return self.state_dir / "heads.pt"
 
     def _heads(self, args: ModelArgs, run: str) -> dict[int, dict[str, torch.Tensor]]:
-        """This run's kept heads by step ({} for a new run)."""
+        """This run's kept heads by step ({} for a new run, or once a damaged heads.pt is set aside).
+
+        A heads.pt that is not a torch file of kept heads (truncated, overwritten) is renamed
+        heads.pt.damaged-<UTC time> with a printed warning, and the site goes on as in a run's first
+        phase: a fresh head, the rest of its state untouched. One that does not unseal (SealError:
+        another state key, altered, an old copy put back) stops the site, as it may be sound under the
+        right key.
+        """
         if not self.heads_path.exists():
             return {}
-        kept = load_torch(self.heads_path, self.key)
-        if kept["run"] != run:
+        try:
+            kept = load_torch(self.heads_path, self.key)
+            kept_run, kept_args, heads = kept["run"], kept["model_args"], dict(kept["heads"])
+        except SealError:
+            raise
+        except (ValueError, LookupError, TypeError) as exc:
+            damaged = self.heads_path.with_name(f"heads.pt.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            self.heads_path.rename(damaged)
+            print(f"warning: {self.heads_path} is damaged and was set aside as {damaged.name}; site {self.name} "
+                  f"starts a fresh head ({exc})", flush=True)
             return {}
-        if kept["model_args"] != args.to_dict():
-            raise ValueError(f"{self.heads_path}: holds heads for other model arguments ({kept['model_args']}); "
+        if kept_run != run:
+            return {}
+        if kept_args != args.to_dict():
+            raise ValueError(f"{self.heads_path}: holds heads for other model arguments ({kept_args}); "
                              "move the state folder away to start this site afresh")
-        return kept["heads"]
+        return heads
 
     def keep(self, model: Forecaster, run: str, at: int) -> None:
         """Save the model (model.pt) and remember its head under `at` for this run."""
@@ -114,9 +138,10 @@ class Site:
         if exchange == "model":
             model.load_state_dict(received)
             return model
-        earlier = [s for s in self._heads(args, run) if s < at]
+        heads = self._heads(args, run)
+        earlier = [s for s in heads if s < at]
         if earlier:
-            model.head.load_state_dict(self._heads(args, run)[max(earlier)])
+            model.head.load_state_dict(heads[max(earlier)])
         else:
             anchor_head(model, train_windows if train_windows is not None else self.splits(args).train)
         load_encoder(model, received)

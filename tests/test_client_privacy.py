@@ -1,5 +1,5 @@
-"""What leaves a site: a reply carries exactly the encoder's tensors, a site name and metrics (or, with
-reports = minimal, the encoder and its FedAvg weight alone)."""
+"""What leaves a site: a train reply carries exactly the encoder's tensors (one ArrayRecord), a site name and
+metrics (or, with reports = minimal, the encoder and its FedAvg weight alone); an evaluate reply no arrays."""
 
 import json
 
@@ -28,22 +28,35 @@ def _message(settings, message_type="train", server_round=1):
     return model, flower_message(encoder_content(model.encoder.state_dict(), config), message_type)
 
 
+def _assert_only_records(reply, arrays: int) -> None:
+    """The reply holds `arrays` ArrayRecords, one MetricRecord "metrics" and one ConfigRecord "site", nothing else."""
+    assert not reply.has_error()
+    content = reply.content
+    assert len(content.array_records) == arrays
+    assert list(content.metric_records) == ["metrics"] and list(content.config_records) == ["site"]
+    assert len(content) == arrays + 2
+
+
+def _assert_exactly_the_encoder(reply, model) -> None:
+    """A train reply: one ArrayRecord, holding one packed array of exactly the encoder's tensors (no head tensor,
+    nothing else), and otherwise only its metrics and site records."""
+    _assert_only_records(reply, arrays=1)
+    record = reply.content.array_records["arrays"]
+    expected = model.encoder.state_dict()
+    assert list(record) == [wire.KEY]
+    assert record[wire.KEY].numpy().shape == (sum(t.numel() for t in expected.values()),)
+    sent = wire.unpack(record, wire.layout_of(expected))
+    assert list(sent) == list(expected) and not set(model.head.state_dict()) & set(sent)
+
+
 def test_train_reply_holds_exactly_the_encoder(tiny_settings, tmp_path):
     model, msg = _message(tiny_settings)
     reply = client_app(msg, _context(tmp_path))
 
-    assert not reply.has_error()
+    _assert_exactly_the_encoder(reply, model)
     content = reply.content
-    assert list(content.array_records) == ["arrays"]
-    expected = model.encoder.state_dict()
-    # one packed array holding exactly the encoder's values: no head tensor, nothing else
-    (packed,) = content.array_records["arrays"].values()
-    assert packed.numpy().shape == (sum(t.numel() for t in expected.values()),)
-    sent = wire.unpack(content.array_records["arrays"], wire.layout_of(expected))
-    assert set(sent) == set(expected) and not set(model.head.state_dict()) & set(sent)
     # besides the arrays: one site name and a fixed set of scalar metrics; no series values
     assert dict(content.config_records["site"]) == {"name": "site00"}
-    assert set(content.config_records) == {"site"}
     metrics = dict(content.metric_records["metrics"])
     assert set(metrics) == ALLOWED_TRAIN_METRICS
     assert all(isinstance(v, (int, float)) for v in metrics.values())
@@ -55,8 +68,7 @@ def test_train_reply_holds_exactly_the_encoder(tiny_settings, tmp_path):
 def test_evaluate_reply_carries_no_arrays(tiny_settings, tmp_path):
     _, msg = _message(tiny_settings, "evaluate")
     reply = client_app(msg, _context(tmp_path, partition_id=1))
-    assert not reply.has_error()
-    assert len(reply.content.array_records) == 0
+    _assert_only_records(reply, arrays=0)
     assert set(reply.content.config_records["site"]) == {"name", "alone-choice", "serve"}
     assert reply.content.config_records["site"]["name"] == "site01"
     metrics = reply.content.metric_records["metrics"]
@@ -83,17 +95,14 @@ def test_minimal_reports_send_only_the_encoder_and_its_weight(tiny_settings, tmp
         context.node_config["reports"] = "minimal"
     model, msg = _message(tiny_settings)
     reply = client_app(msg, context)
-    assert not reply.has_error()
-    expected = model.encoder.state_dict()
-    assert set(wire.unpack(reply.content.array_records["arrays"], wire.layout_of(expected))) == set(expected)
+    _assert_exactly_the_encoder(reply, model)
     assert dict(reply.content.metric_records["metrics"]) == {"num-examples": reply.content["metrics"]["num-examples"]}
     assert reply.content["metrics"]["num-examples"] > 1
     assert dict(reply.content.config_records["site"]) == {}
 
     _, msg = _message(tiny_settings, "evaluate")
     reply = client_app(msg, context)
-    assert not reply.has_error()
-    assert len(reply.content.array_records) == 0
+    _assert_only_records(reply, arrays=0)
     assert dict(reply.content.metric_records["metrics"]) == {"num-examples": 1}
     assert dict(reply.content.config_records["site"]) == {}
     # the site still decided what it serves, and kept it
