@@ -1,4 +1,4 @@
-"""The README's benchmark tables say what the committed benchmark reports measured."""
+"""The figures of the README and docs/ say what the committed benchmark reports measured."""
 
 import gzip
 import itertools
@@ -11,6 +11,11 @@ import pytest
 from simulations.benchmark import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _doc(name: str) -> str:
+    """The text of README.md or of docs/<name>."""
+    return (ROOT / name).read_text() if name == "README.md" else (ROOT / "docs" / name).read_text()
 
 
 def _report(name: str) -> dict:
@@ -36,15 +41,15 @@ def _percents(cell: str) -> list[float]:
     return [float(part.replace("−", "-").replace("%", "").strip()) for part in cell.split("/")]
 
 
-@pytest.mark.parametrize("name, marker", [("beijing", "**Beijing PM2.5, 12 stations**"),
-                                          ("nn5", "**NN5, 111 ATMs**")])
+@pytest.mark.parametrize("name, marker", [("beijing", "## Beijing PM2.5, 12 stations"),
+                                          ("nn5", "## NN5, 111 ATMs")])
 def test_benchmark_table_matches_its_report(name, marker):
     report = _report(name)
     summary = {s["arm"]: s for s in report["summary"]}
     worst = {}
     for row in report["per_site"]:
         worst[row["arm"]] = min(worst.get(row["arm"], float("inf")), row["skill_vs_alone"])
-    rows = _table_after((ROOT / "README.md").read_text(), marker)
+    rows = _table_after(_doc("benchmarks.md"), marker)
     assert len(rows) >= 10
     seen = set()
     for label, median, better, worse, worst_cell in rows:
@@ -61,6 +66,28 @@ def test_benchmark_table_matches_its_report(name, marker):
     assert seen == set(summary) - {"alone_best"}, name
 
 
+def test_readme_standing_table_matches_the_reports():
+    """The README's one table: each arm's median skill on both benchmarks ("—": the arm is not in that
+    report), every arm but alone_best listed, and `served` equal to `alone_best` at every site-cutoff."""
+    reports = {name: _report(name) for name in ("beijing", "nn5")}
+    summaries = {name: {s["arm"]: s for s in r["summary"]} for name, r in reports.items()}
+    rows = _table_after(_doc("README.md"), "## Where it stands")
+    seen = {name: set() for name in reports}
+    for label, *cells in rows:
+        base, *suffixes = [a.strip() for a in label.split(" (")[0].strip("*").split("/")]
+        arms = [base] + [base.rsplit("_", 1)[0] + s for s in suffixes]
+        for name, cell in zip(reports, cells, strict=True):
+            if cell == "—":
+                assert not set(arms) & set(summaries[name]), (name, label)
+                continue
+            for arm, median in zip(arms, _percents(cell), strict=True):
+                assert median == round(100 * summaries[name][arm]["median_skill"], 1), (name, arm)
+                seen[name].add(arm)
+    for name, report in reports.items():
+        assert seen[name] == set(summaries[name]) - {"alone_best"}, name
+        assert {g["serve"] for g in report["guard"]} == {"alone_best"}, name
+
+
 def test_ceiling_table_matches_its_reports():
     reports = {}
     for name in ("beijing", "nn5"):
@@ -68,8 +95,8 @@ def test_ceiling_table_matches_its_reports():
         raw = (gzip.decompress((folder / "ceiling.json.gz").read_bytes()) if (folder / "ceiling.json.gz").exists()
                else (folder / "ceiling.json").read_bytes())
         reports[name] = json.loads(raw)["summary"]
-    text = (ROOT / "README.md").read_text()
-    lines = text[text.index("**What pooling could give at all**"):].splitlines()
+    text = _doc("studies.md")
+    lines = text[text.index("## What pooling could give at all"):].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| median skill vs stat_choice"))
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]))
     arms = [line.split("`")[1] for line in rows]
@@ -84,7 +111,7 @@ def test_ceiling_table_matches_its_reports():
 
 def test_covariates_paragraph_matches_its_report():
     summary = json.loads((ROOT / "benchmarks" / "beijing" / "ceiling-covariates.json").read_text())["summary"]
-    text = (ROOT / "README.md").read_text()
+    text = _doc("studies.md")
     paragraph = text[text.index("**Past weather and pollutants**"):].split("\n\n")[0]
     after = paragraph[paragraph.index("`pooled_ridge_on_stat_covariates`"):]
     figures = [float(f.replace("−", "-")) for f in re.findall(r"([−+]\d+\.\d) %", after)][:4]
@@ -106,7 +133,7 @@ def _ceiling(name: str, history: int) -> dict:
 
 
 def test_ceiling_history_table_matches_its_reports():
-    text = (ROOT / "README.md").read_text()
+    text = _doc("studies.md")
     lines = text[text.index("**The same check with more history**"):].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| data, history"))
     arms = [cell.strip().strip("`") for cell in lines[start].strip("|").split("|")[1:]]
@@ -122,10 +149,10 @@ def test_ceiling_history_table_matches_its_reports():
                                       round(100 * summary[arm]["mean_skill"], 1)), (label, arm)
 
 
-def _report_rows(marker: str) -> list[tuple[list[str], dict]]:
-    """(cells, report) of each row of the "| report (" table after `marker`; the first cell names the
-    committed report, `benchmarks/<name>` + .json or .json.gz."""
-    text = (ROOT / "README.md").read_text()
+def _report_rows(doc: str, marker: str) -> list[tuple[list[str], dict]]:
+    """(cells, report) of each row of the "| report (" table after `marker` in docs/`doc`; the first
+    cell names the committed report, `benchmarks/<name>` + .json or .json.gz."""
+    text = _doc(doc)
     lines = text[text.index(marker):].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| report ("))
     rows = []
@@ -151,14 +178,14 @@ def _check_served_row(label, federated, served, shares, worst, chosen, report: d
 
 
 def test_more_history_table_matches_its_reports():
-    rows = _report_rows("**The product with more history**")
+    rows = _report_rows("benchmarks.md", "## The product with more history")
     assert len(rows) == 3
     for (label, federated, served, shares, worst, chosen), report in rows:
         _check_served_row(label, federated, served, shares, worst, chosen, report)
 
 
 def test_stat_anchor_table_matches_its_reports():
-    rows = _report_rows("**A head that starts from the statistical forecast**")
+    rows = _report_rows("studies.md", "## A head that starts from the statistical forecast")
     assert len(rows) == 4
     for (label, simple, stat, served, worst, chosen), report in rows:
         by_site = report["summary_by_site"]
@@ -170,7 +197,7 @@ def test_stat_anchor_table_matches_its_reports():
 
 
 def test_known_ahead_table_matches_its_reports():
-    rows = _report_rows("**What a site could know of the horizon**")
+    rows = _report_rows("studies.md", "**What a site could know of the horizon**")
     assert len(rows) == 4
     for (label, *cells, worst), report in rows:
         summary = report["summary"]
@@ -184,7 +211,7 @@ def test_known_ahead_table_matches_its_reports():
 
 
 def test_known_ahead_mlp_table_matches_its_reports():
-    rows = _report_rows("**The same inputs through a pooled MLP**")
+    rows = _report_rows("studies.md", "**The same inputs through a pooled MLP**")
     assert len(rows) == 2
     for (label, *cells, worst), report in rows:
         summary = report["summary"]
@@ -197,7 +224,7 @@ def test_known_ahead_mlp_table_matches_its_reports():
 
 
 def test_known_ahead_product_table_matches_its_reports():
-    rows = _report_rows("**The product with a perfect weather forecast**")
+    rows = _report_rows("benchmarks.md", "## The product with a perfect weather forecast")
     assert len(rows) == 4
     for (label, hidden, federated, served, shares, worst, chosen), report in rows:
         assert report["config"]["histories"] == [int(re.search(r": (\d+) h", label).group(1))], label
