@@ -57,7 +57,7 @@ def plan_run(data_path: str, site_column: str, overrides: dict, chosen: dict | N
     `whole_series`, every series must be long enough for the windows (a backtest checks its slices).
     """
     base = {"data-path": str(Path(data_path).resolve()) if data_path else "", "site-column": site_column}
-    frame = read_sites(read_args(DataArgs, base | overrides), covariates(overrides))
+    frame = read_sites(read_args(DataArgs, base | (chosen or {}) | overrides), covariates(overrides))
     defaults = frequency_defaults(seasons(frame.attrs["freq"]))
     config = base | defaults | (chosen or {}) | overrides | (fixed or {})
     settings = Settings.checked(config)
