@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.checkpoint import load_model, read_json
 from shared.data import DataError, check_lengths, read_long, regularize, validate
 
 DAYS = pd.date_range("2024-01-01", periods=30, freq="D")
@@ -76,12 +75,3 @@ def test_boolean_values_are_refused(tmp_path, column):
     with pytest.raises(DataError, match=r"^column 'y' in f\.csv has values that are not finite numbers: True "
                                         r"\(series a\), True \(series a\), True \(series a\) and 12 more$"):
         validate(mixed, "f.csv")
-
-
-def test_corrupt_state_files_are_named(tmp_path):
-    (tmp_path / "guard.json").write_text('{"round": 2 "serve": "federated"}')
-    with pytest.raises(ValueError, match=rf"^{tmp_path / 'guard.json'}: not valid JSON \(Expecting ',' delimiter"):
-        read_json(tmp_path / "guard.json")
-    (tmp_path / "model.pt").write_bytes(b"\x80\x02 half a pickle")
-    with pytest.raises(ValueError, match=rf"^{tmp_path / 'model.pt'}: not a readable torch file"):
-        load_model(tmp_path / "model.pt")

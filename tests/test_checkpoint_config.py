@@ -112,6 +112,29 @@ def test_pretrained_encoder_is_cached(tmp_path):
     assert other != path
 
 
+def test_pretraining_twice_with_one_seed_makes_the_same_weights_in_another_process(tmp_path):
+    """Whatever the process drew from torch's global generator before (a fresh process starts it
+    at a random seed), the same seed and thread count make the same checkpoint (the thread count
+    changes the order of float sums)."""
+    import subprocess
+    import sys
+
+    from shared.pretrain import pretrain
+
+    train = TrainArgs(max_epochs=1, steps_per_epoch=2)
+    torch.manual_seed(12345)
+    here, _ = pretrain(ARGS, train, 10, 128, 0)
+    torch.rand(7)
+    again, _ = pretrain(ARGS, train, 10, 128, 0)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in here.state_dict().items())
+    code = (f"import sys, torch; torch.set_num_threads({torch.get_num_threads()}); from shared.pretrain import pretrain; from shared.config import TrainArgs; "
+            "from tests.test_checkpoint_config import ARGS; "
+            "torch.save(pretrain(ARGS, TrainArgs(max_epochs=1, steps_per_epoch=2), 10, 128, 0)[0].state_dict(), sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "other.pt")], check=True, cwd=Path(__file__).parents[1])
+    other = torch.load(tmp_path / "other.pt", weights_only=True)
+    assert all(torch.equal(v, other[k]) for k, v in here.state_dict().items())
+
+
 def test_atomic_files_and_new_folders_are_private(tmp_path):
     (tmp_path / "runs").mkdir(mode=0o755)
     umask = os.umask(0o022)
