@@ -4,7 +4,6 @@ Each test starts real Flower processes (simulations.pilot) and stops them; about
 """
 
 import json
-import os
 import re
 import signal
 import subprocess

@@ -313,7 +313,7 @@ def test_signed_encoders_verify_at_the_sites_under_secagg(tmp_path):
     from shared.signing import generate_signing_key, load_private_key, sign_encoder, verify_encoder
 
     private, public = generate_signing_key(tmp_path)
-    recorder, ids, verified = Recorder(), [11, 22, 33], []
+    ids, verified = [11, 22, 33], []
     apps = {}
     for i, nid in enumerate(ids):
         app = ClientApp()
