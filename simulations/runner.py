@@ -102,6 +102,29 @@ def stop_marked(name: str, value: str, grace: float = 10.0) -> None:
         stop_tree(proc.pid, grace)
 
 
+def watch(parent: int, name: str, value: str, poll: float = 0.5) -> None:
+    """Wait for process `parent` to end, then stop every process marked `name=value` (stop_marked)."""
+    with suppress(psutil.NoSuchProcess):
+        process = psutil.Process(parent)
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(poll)
+    stop_marked(name, value)
+
+
+@contextmanager
+def watched(name: str, value: str):
+    """While the block runs, a watchdog process stops every process marked `name=value` should this
+    one die without cleaning up (kill -9): Flower and Ray run in sessions of their own and would
+    outlive it."""
+    watchdog = subprocess.Popen([sys.executable, "-m", "simulations.runner", "--watch", str(os.getpid()), name, value],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+
+
 @contextmanager
 def superlink(home: Path, log_path: Path, timeout: float = 60.0):
     """A simulation SuperLink on a free loopback port; yields its address, stops it on exit."""
@@ -113,28 +136,29 @@ def superlink(home: Path, log_path: Path, timeout: float = 60.0):
     )
     bin_dir = str(Path(sys.executable).parent)  # the SuperLink finds flower-superexec on PATH
     env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            ["flower-superlink", "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
-             "--disable-runtime-dependency-installation"],
-            cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RunError(f"flower-superlink exited with code {process.returncode}; see {log_path}")
-            try:
-                with urllib.request.urlopen(f"http://{address}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RunError(f"flower-superlink not healthy after {timeout:.0f} s; see {log_path}")
-                time.sleep(0.2)
-        yield address, env
-    finally:
-        stop_tree(process.pid)
-        stop_marked("FLWR_HOME", str(home))  # its processes that left the tree (Ray actors, on a busy machine)
+    with watched("FLWR_HOME", str(home)):  # stops what the SuperLink started, should this process be killed
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                ["flower-superlink", "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
+                 "--disable-runtime-dependency-installation"],
+                cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    raise RunError(f"flower-superlink exited with code {process.returncode}; see {log_path}")
+                try:
+                    with urllib.request.urlopen(f"http://{address}/health", timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RunError(f"flower-superlink not healthy after {timeout:.0f} s; see {log_path}")
+                    time.sleep(0.2)
+            yield address, env
+        finally:
+            stop_tree(process.pid)
+            stop_marked("FLWR_HOME", str(home))  # its processes that left the tree (Ray actors, on a busy machine)
 
 
 @contextmanager
@@ -150,25 +174,26 @@ def ray_head(timeout: float = 120.0):
     port = free_port()
     log_path = folder / "ray-start.log"
     env = {**os.environ, **QUIET_ENV, "RAY_TMPDIR": str(folder)}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
-             "--num-cpus", str(len(os.sched_getaffinity(0))), "--include-dashboard=false", "--disable-usage-stats"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while "Ray runtime started" not in log_path.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RunError(f"ray start did not start a head node; see {log_path}")
-            time.sleep(0.2)
-        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-        yield
-    finally:
-        os.environ.pop("RAY_ADDRESS", None)
-        stop_tree(process.pid)
-        stop_marked("RAY_TMPDIR", str(folder))
-        shutil.rmtree(folder, ignore_errors=True)
+    with watched("RAY_TMPDIR", str(folder)):  # stops Ray, should this process be killed
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
+                 "--num-cpus", str(len(os.sched_getaffinity(0))), "--include-dashboard=false", "--disable-usage-stats"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + timeout
+            while "Ray runtime started" not in log_path.read_text(errors="replace"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RunError(f"ray start did not start a head node; see {log_path}")
+                time.sleep(0.2)
+            os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+            yield
+        finally:
+            os.environ.pop("RAY_ADDRESS", None)
+            stop_tree(process.pid)
+            stop_marked("RAY_TMPDIR", str(folder))
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_app(run_config: dict, num_supernodes: int, workdir: Path, cpus_per_client: int = 1,
@@ -225,3 +250,7 @@ def print_summary(summary_path: Path, started: float, logs: Path, what: str) -> 
     print(format_summary(summary))
     print(f"wall time {time.monotonic() - started:.0f} s; results: {summary_path}")
     return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--watch"]:  # the watchdog process of `watched`
+    watch(int(sys.argv[2]), sys.argv[3], sys.argv[4])
