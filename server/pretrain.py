@@ -1,4 +1,5 @@
-"""Make a pretrained encoder checkpoint (for `pretrained-path`) from the synthetic corpus.
+"""Make a pretrained encoder checkpoint (for `pretrained-path`) from the pretraining corpus
+(`corpus`: synthetic only, or mixed with real series).
 
     python -m server.pretrain --out encoder.pt
     python -m server.pretrain --out encoder.pt --public-data public.csv --set lookback=56 --set horizon=14
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     model, meta = pretrain(settings.model, replace(settings.train, max_epochs=fed.pretrain_epochs, seed=fed.seed),
-                           fed.corpus_series, fed.corpus_length, fed.seed, args.public_data)
+                           fed.corpus_series, fed.corpus_length, fed.seed, args.public_data, corpus=fed.corpus)
     save_model(args.out, model, meta)
     print(f"wrote {args.out}: encoder {count_parameters(model.encoder):,} parameters, "
           f"validation MAE {meta['best_val_mae']:.4f} after {meta['epochs']} epochs, "

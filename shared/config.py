@@ -59,6 +59,8 @@ class FederationArgs:
     cache_dir: str = ".cache"  # where a pretrained encoder is cached, keyed by its settings
     corpus_series: int = 1000  # KernelSynth series in the pretraining corpus
     corpus_length: int = 512  # points per corpus series
+    corpus: str = "kernelsynth"  # pretraining corpus: "kernelsynth" (synthetic only) or "mixed" (real public
+    # series, TSMixup and KernelSynth: shared.corpus; needs the corpus dependency group)
     pretrain_epochs: int = 40  # of steps-per-epoch batches each; about a minute on one core
     exchange: str = "encoder"  # what travels: "encoder" (private heads) or "model" (fedavg_global arm)
     init: str = "pretrained"  # starting encoder: "pretrained" or "random" (federated_scratch arm)

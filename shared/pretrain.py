@@ -1,4 +1,4 @@
-"""Pretraining the shared encoder on a synthetic corpus (and optionally a public data file)."""
+"""Pretraining the shared encoder on a synthetic or mixed real-and-synthetic corpus (and optionally a public data file)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from shared.checkpoint import load_model, save_model
 from shared.config import Settings, TrainArgs
+from shared.corpus import SHARES, SOURCES, mixed_corpus
 from shared.data import Splits, Windows, read_long, regularize
 from shared.model import Forecaster, ModelArgs
 from shared.synthetic import kernel_synth
@@ -42,30 +43,42 @@ def series_windows(series: list[np.ndarray], lookback: int, horizon: int, per_se
                    series=np.full(n, "corpus", dtype=object), origin=np.full(n, np.datetime64("NaT"), "datetime64[ns]"))
 
 
-def corpus_series(n_series: int, length: int, seed: int, public_path: str = "") -> list[np.ndarray]:
-    """KernelSynth series, plus every series of a public long-format file when one is given."""
-    series = list(kernel_synth(n_series, length, seed))
+def corpus_series(n_series: int, length: int, seed: int, public_path: str = "", corpus: str = "kernelsynth",
+                  min_length: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Training and validation series (validation held out by whole series): "kernelsynth" =
+    KernelSynth series only; "mixed" = real, TSMixup and KernelSynth series (shared.corpus.mixed_corpus,
+    segments of at least `min_length` points). Every series of a public long-format file is added when one
+    is given (to both sides for "kernelsynth", to training for "mixed")."""
+    public = []
     if public_path:
         frame, _ = regularize(read_long(public_path, site_col=None))
-        series += [g["y"].to_numpy() for _, g in frame.groupby("unique_id", sort=True)]
-    return series
+        public = [g["y"].to_numpy() for _, g in frame.groupby("unique_id", sort=True)]
+    if corpus == "mixed":
+        mixed = mixed_corpus(n_series, length, seed, min_length, val_share=VAL_SHARE)
+        return [s.values for s in mixed.train] + public, [s.values for s in mixed.val]
+    if corpus != "kernelsynth":
+        raise ValueError(f"corpus must be 'kernelsynth' or 'mixed', not {corpus!r}")
+    series = list(kernel_synth(n_series, length, seed)) + public
+    order = np.random.default_rng(seed).permutation(len(series))
+    n_val = max(1, int(len(series) * VAL_SHARE))
+    return [series[i] for i in order[n_val:]], [series[i] for i in order[:n_val]]
 
 
 def pretrain(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed: int,
-             public_path: str = "", windows_per_series: int = 64) -> tuple[Forecaster, dict]:
+             public_path: str = "", windows_per_series: int = 64, corpus: str = "kernelsynth") -> tuple[Forecaster, dict]:
     """Train a Forecaster from scratch on the corpus; returns it with the metadata to store."""
-    series = corpus_series(n_series, length, seed, public_path)
-    order = np.random.default_rng(seed).permutation(len(series))
-    n_val = max(1, int(len(series) * VAL_SHARE))
-    train_set = series_windows([series[i] for i in order[n_val:]], args.lookback, args.horizon, windows_per_series, seed)
-    val_set = series_windows([series[i] for i in order[:n_val]], args.lookback, args.horizon, windows_per_series, seed + 1)
+    train_series, val_series = corpus_series(n_series, length, seed, public_path, corpus, args.lookback + args.horizon)
+    train_set = series_windows(train_series, args.lookback, args.horizon, windows_per_series, seed)
+    val_set = series_windows(val_series, args.lookback, args.horizon, windows_per_series, seed + 1)
     splits = Splits(train=train_set, val=val_set, test=val_set)  # no test: pretraining picks nothing on it
     torch.manual_seed(seed)  # the initial weights: same seed and thread count, same checkpoint in any process
     model = Forecaster(args)
     anchor_head(model, train_set)
     result = train_scratch(model, splits, train)
+    described = {"generator": "kernel_synth"} if corpus == "kernelsynth" else {
+        "generator": "mixed", "shares": SHARES, "sources": list(SOURCES), "val_share": VAL_SHARE}
     meta = {
-        "corpus": {"generator": "kernel_synth", "n_series": n_series, "length": length, "seed": seed,
+        "corpus": {**described, "n_series": n_series, "length": length, "seed": seed,
                    "public_path": public_path, "windows_per_series": windows_per_series},
         "train_args": train.__dict__,
         "best_val_mae": result.best_val_mae,
@@ -74,20 +87,22 @@ def pretrain(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed
     return model, meta
 
 
-def cache_key(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed: int, public_path: str) -> str:
+def cache_key(args: ModelArgs, train: TrainArgs, n_series: int, length: int, seed: int, public_path: str,
+              corpus: str = "kernelsynth") -> str:
     """Stable short hash of everything that determines a pretrained checkpoint."""
-    blob = json.dumps([RECIPE, args.to_dict(), train.__dict__, n_series, length, seed, public_path], sort_keys=True)
+    blob = json.dumps([RECIPE, args.to_dict(), train.__dict__, n_series, length, seed, public_path, corpus],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def cached_pretrain(cache_dir: str | Path, args: ModelArgs, train: TrainArgs, n_series: int, length: int,
-                    seed: int, public_path: str = "") -> tuple[Forecaster, dict, Path]:
+                    seed: int, public_path: str = "", corpus: str = "kernelsynth") -> tuple[Forecaster, dict, Path]:
     """Load the pretrained checkpoint for these settings from `cache_dir`, or make and store it."""
-    path = Path(cache_dir) / f"pretrained-{cache_key(args, train, n_series, length, seed, public_path)}.pt"
+    path = Path(cache_dir) / f"pretrained-{cache_key(args, train, n_series, length, seed, public_path, corpus)}.pt"
     if path.exists():
         model, meta = load_model(path)
         return model, meta, path
-    model, meta = pretrain(args, train, n_series, length, seed, public_path)
+    model, meta = pretrain(args, train, n_series, length, seed, public_path, corpus=corpus)
     save_model(path, model, meta)
     return model, meta, path
 
@@ -112,7 +127,7 @@ def initial_model(settings: Settings) -> tuple[Forecaster, dict]:
         return model, {"source": fed.pretrained_path, **meta}
     pretrain_args = replace(settings.train, max_epochs=fed.pretrain_epochs, seed=fed.seed)
     model, meta, path = cached_pretrain(fed.cache_dir, settings.model.without_covariates(), pretrain_args,
-                                        fed.corpus_series, fed.corpus_length, fed.seed)
+                                        fed.corpus_series, fed.corpus_length, fed.seed, corpus=fed.corpus)
     return with_covariates(model, settings.model), {"source": str(path), **meta}
 
 
