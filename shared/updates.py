@@ -2,9 +2,9 @@
 
 A site's update is the encoder it returns minus the encoder it was sent. A check that fails raises
 `Rejected` with a one-line reason; the server records it with the site and leaves the reply out of
-the round. Aggregation works on the updates in float64, in the order given (the server sorts them
-by site), so a run is bit-reproducible; the result is the sent encoder moved by the aggregated
-update, in the sent encoder's dtype.
+the round. Aggregation runs in the order given (the server sorts the replies by site), so a run is
+bit-reproducible: FedAvg as Flower's strategy computes it, the robust rules on the updates in
+float64; the result has the sent encoder's dtype.
 
 References: Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards Optimal Statistical
 Rates" (coordinate-wise median and trimmed mean).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from functools import partial
 
+import numpy as np
 import torch
 
 from shared.config import FederationArgs
@@ -27,10 +28,15 @@ class Rejected(ValueError):
     """A reply left out of aggregation; the message is the reason recorded with its site."""
 
 
-def weighted_mean(stacked: torch.Tensor, weights: list[int]) -> torch.Tensor:
-    """Mean over dim 0 (sites) weighted by `weights`: FedAvg (McMahan et al. 2017)."""
-    w = torch.tensor(weights, dtype=stacked.dtype).reshape(-1, *[1] * (stacked.dim() - 1))
-    return (w * stacked).sum(0) / w.sum()
+def fedavg(received: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    """The sites' arrays weighted by `weights` (McMahan et al. 2017), computed as Flower's FedAvg
+    does (each array times its weight share, summed in site order in the arrays' dtype), so a run
+    reproduces one aggregated by Flower's strategy bit for bit."""
+    total = sum(weights)
+    out = received[0] * (weights[0] / total)
+    for values, weight in zip(received[1:], weights[1:]):
+        out += values * (weight / total)
+    return out
 
 
 def median(stacked: torch.Tensor) -> torch.Tensor:
@@ -109,7 +115,9 @@ def training_windows(claimed, first: int | None = None, cap: int = 0) -> int:
 
 def aggregate(sent: State, updates: list[State], weights: list[int], rule: str = "fedavg",
               trim_fraction: float = 0.2, clip_norm: float = 0.0) -> State:
-    """`sent` moved by the aggregate of `updates` (one per site, in site order; float64).
+    """`sent` moved by the aggregate of `updates` (one per site, in site order; float64): for
+    "fedavg" the weighted mean of the arrays the sites returned (`fedavg`), for the others `sent`
+    plus the coordinate-wise rule over the updates.
 
     Args:
         rule: "fedavg" (mean weighted by `weights`, the sites' training windows), "median" or
@@ -120,9 +128,12 @@ def aggregate(sent: State, updates: list[State], weights: list[int], rule: str =
     """
     if not updates:
         raise ValueError("no updates to aggregate")
-    combine = {"fedavg": partial(weighted_mean, weights=weights), "median": median,
-               "trimmed-mean": partial(trimmed_mean, fraction=trim_fraction)}[rule]
     if clip_norm:
         updates = [clip_update(update, clip_norm) for update in updates]
+    if rule == "fedavg":
+        received = [{name: (base.double() + u[name]).to(base.dtype).numpy() for name, base in sent.items()}
+                    for u in updates]
+        return {name: torch.from_numpy(fedavg([r[name] for r in received], weights)) for name in sent}
+    combine = {"median": median, "trimmed-mean": partial(trimmed_mean, fraction=trim_fraction)}[rule]
     return {name: (base.double() + combine(torch.stack([u[name] for u in updates]))).to(base.dtype)
             for name, base in sent.items()}
