@@ -1,7 +1,9 @@
-"""The forecaster: a shared patch-transformer `encoder` and a private linear `head`.
+"""The forecaster: a shared patch-transformer `encoder` that forecasts on its own, and a private
+`head` that adapts its forecast to one site.
 
 What travels between a site and the server is `model.encoder.state_dict()` and nothing else;
-the head and the data stay at the site. Normalisation is per window (RevIN without affine
+the head and the data stay at the site. A fresh head is the identity, so a site with no training
+window yet (a new site) is served the shared forecast. Normalisation is per window (RevIN without affine
 parameters) and computed at forward time, so no statistic is stored in either submodule.
 
 References: Nie et al., "A Time Series is Worth 64 Words: Long-term Forecasting with
@@ -94,12 +96,14 @@ class PatchEncoder(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, args.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(args.d_model)
+        self.project = nn.Linear(args.n_patches * args.d_model, args.horizon)  # the shared forecast
         self.known = KnownAhead(args) if args.futr_exog else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token embeddings [B, P, d], the shared forecast [B, horizon]), both in normalised units."""
         patches = z[:, -self.span:].unfold(-1, self.patch_len, self.patch_stride)  # [B, P, len]
-        tokens = self.embed(patches) + self.position  # [B, P, d]
-        return self.norm(self.blocks(tokens))
+        tokens = self.norm(self.blocks(self.embed(patches) + self.position))  # [B, P, d]
+        return tokens, self.project(tokens.flatten(1))
 
 
 class KnownAhead(nn.Module):
@@ -135,11 +139,13 @@ class KnownAhead(nn.Module):
 
 
 class ForecastHead(nn.Module):
-    """Site-specific head: a learned mix of simple forecasts plus a linear correction.
+    """A site's adapter of the shared forecast: out = shared + sum_k mix[k] * (simple_k - shared)
+    + correction(tokens).
 
-    Both parts start neutral (equal mix, zero correction), so an untrained head forecasts the
-    average of naive and seasonal-naive forecasts; training learns which to trust and how to
-    correct them from the encoder's tokens.
+    It starts as the identity (mix and correction at zero): a head that never saw a window serves
+    the shared forecast. `shared.train.anchor_head` may point it at a simple forecast (naive or
+    seasonal naive) that beats the shared one on the site's training windows; training learns the
+    mix and the correction from the site's windows.
     """
 
     def __init__(self, args: ModelArgs):
@@ -156,10 +162,10 @@ class ForecastHead(nn.Module):
     def standardize(self, exog: torch.Tensor) -> torch.Tensor:
         return (exog - self.exog_mean) / self.exog_std
 
-    def forward(self, tokens: torch.Tensor, simple: torch.Tensor) -> torch.Tensor:
-        weights = torch.softmax(self.mix, dim=0)  # [K, H]
+    def forward(self, tokens: torch.Tensor, simple: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         features = tokens.mean(dim=1) if self.pool else tokens.flatten(1)
-        return (simple * weights).sum(dim=1) + self.correction(features)
+        away = ((simple - shared[:, None]) * self.mix).sum(dim=1)  # [B, H]
+        return shared + away + self.correction(features)
 
 
 class Forecaster(nn.Module):
@@ -176,12 +182,14 @@ class Forecaster(nn.Module):
         index = torch.stack([args.lookback - lag + steps % lag for lag in args.lags])
         self.register_buffer("simple_index", index, persistent=False)  # [K, H], derived from args
 
-    def forward_normalized(self, x: torch.Tensor, exog: torch.Tensor | None = None
+    def forward_normalized(self, x: torch.Tensor, exog: torch.Tensor | None = None, head: bool = True
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forecast in normalised units, with the window's mean and std to undo it."""
+        """Forecast in normalised units, with the window's mean and std to undo it; `head` False:
+        the shared forecast alone (what the encoder learns from in federated rounds)."""
         z, mean, std = normalize(x)
-        simple = z[:, self.simple_index]  # [B, K, H]
-        out = self.head(self.encoder(z), simple)
+        tokens, out = self.encoder(z)
+        if head:
+            out = self.head(tokens, z[:, self.simple_index], out)  # simple forecasts [B, K, H]
         if self.encoder.known is not None:
             want = (len(x), self.args.horizon + 1, len(self.args.futr_exog))
             if exog is None or tuple(exog.shape) != want:
@@ -190,8 +198,8 @@ class Forecaster(nn.Module):
             out = out + self.encoder.known(self.head.standardize(exog), z)
         return out, mean, std
 
-    def forward(self, x: torch.Tensor, exog: torch.Tensor | None = None) -> torch.Tensor:
-        out, mean, std = self.forward_normalized(x, exog)
+    def forward(self, x: torch.Tensor, exog: torch.Tensor | None = None, head: bool = True) -> torch.Tensor:
+        out, mean, std = self.forward_normalized(x, exog, head)
         return out * std + mean
 
 

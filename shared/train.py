@@ -1,4 +1,4 @@
-"""Training and evaluation: pretrain, linear_probe, fine_tune, train_scratch, evaluate.
+"""Training and evaluation: linear_probe, fine_tune, body_update, train_shared, train_scratch, evaluate.
 
 Plain PyTorch on `shared.data.Windows`; nothing here knows about Flower. Every fit stops early on
 the validation MAE and restores the best weights, so no choice is made on test data.
@@ -10,8 +10,9 @@ Learning" (FedRep), ICML 2021, for training the head before the shared body.
 from __future__ import annotations
 
 import copy
+import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,13 +39,14 @@ class FitResult:
     returned_val_mae: float = float("nan")  # of the weights the fit leaves: the best, or the last with fixed epochs
 
 
-def predict(model: Forecaster, x: np.ndarray, exog: np.ndarray | None = None, batch: int = 2048) -> np.ndarray:
+def predict(model: Forecaster, x: np.ndarray, exog: np.ndarray | None = None, batch: int = 2048,
+            head: bool = True) -> np.ndarray:
     """Forecasts [N, horizon] for raw windows x [N, lookback] (with their covariates exog
-    [N, horizon + 1, C] when the model reads some), in eval mode."""
+    [N, horizon + 1, C] when the model reads some), in eval mode; `head` False: the shared forecast."""
     model.eval()
     part = (lambda a, i: None if a is None else torch.from_numpy(a[i : i + batch]))
     with torch.no_grad():
-        parts = [model(part(x, i), part(exog, i)).numpy() for i in range(0, len(x), batch)]
+        parts = [model(part(x, i), part(exog, i), head).numpy() for i in range(0, len(x), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, model.args.horizon), np.float32)
 
 
@@ -53,13 +55,14 @@ def evaluate(model: Forecaster, windows: Windows) -> dict[str, float]:
     return forecast_errors(predict(model, windows.x, windows.exog), windows.y, windows.mask, windows.scale)
 
 
-def _val_mae(model: Forecaster, val: Windows) -> float:
-    return forecast_errors(predict(model, val.x, val.exog), val.y, val.mask, val.scale)["mae"]
+def _val_mae(model: Forecaster, val: Windows, head: bool = True) -> float:
+    return forecast_errors(predict(model, val.x, val.exog, head=head), val.y, val.mask, val.scale)["mae"]
 
 
-def _loss(model: Forecaster, x: torch.Tensor, exog: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _loss(model: Forecaster, x: torch.Tensor, exog: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+          head: bool = True) -> torch.Tensor:
     """Mean absolute error in each window's normalised units, over observed targets."""
-    out, mean, std = model.forward_normalized(x, exog)
+    out, mean, std = model.forward_normalized(x, exog, head)
     err = (out - (y - mean) / std).abs() * mask
     return err.sum() / mask.sum().clamp_min(1)
 
@@ -96,10 +99,11 @@ class AdamW:
 
 
 def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
-        train_encoder: bool = True, epochs: int = 0) -> FitResult:
+        train_encoder: bool = True, epochs: int = 0, head: bool = True) -> FitResult:
     """Train the parameters in `groups` (AdamW param groups) with early stopping on val MAE.
 
     With `epochs`, train exactly that many and keep the last weights (the curve is still recorded).
+    `head` False: the loss and validation MAE are the shared forecast's (the head is not used).
     """
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise ValueError(f"cannot fit: {len(splits.train)} training and {len(splits.val)} validation windows")
@@ -108,7 +112,7 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
     opt = AdamW(groups, args.weight_decay)
     train = splits.train
     x, exog, y, mask = (torch.from_numpy(a) for a in (train.x, train.exog, train.y, train.mask.astype(np.float32)))
-    best = FitResult(_val_mae(model, splits.val), 0, 0)
+    best = FitResult(_val_mae(model, splits.val, head), 0, 0)
     best_state = copy.deepcopy(model.state_dict())
     best.val_curve.append(best.best_val_mae)
     order, cursor = torch.randperm(len(train), generator=gen), 0
@@ -122,10 +126,10 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
             idx = order[cursor : cursor + args.batch_size]
             cursor += args.batch_size
             opt.zero_grad()
-            _loss(model, x[idx], exog[idx], y[idx], mask[idx]).backward()
+            _loss(model, x[idx], exog[idx], y[idx], mask[idx], head).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-        val = _val_mae(model, splits.val)
+        val = _val_mae(model, splits.val, head)
         best.val_curve.append(val)
         best.epochs = epoch
         if val < best.best_val_mae:
@@ -141,16 +145,17 @@ def fit(model: Forecaster, groups: list[dict], splits: Splits, args: TrainArgs,
 
 
 def anchor_head(model: Forecaster, windows: Windows, weight: float = 0.9, given: np.ndarray | None = None) -> str:
-    """Point a fresh head's mix at the simple forecast (naive or seasonal naive) with the lowest
-    MAE on `windows` (training windows: no validation data is used), giving it `weight`. `given`:
-    one more forecast of `windows` in the running, for a head that mixes it after the simple ones.
+    """Start a fresh head from the best of the shared forecast and the simple ones (naive, seasonal
+    naive) by MAE on `windows` (training windows: no validation data is used). `given`: one more
+    forecast of `windows` in the running, for a head that mixes it after the simple ones.
 
-    The head then starts as the best simple forecast the site's own history supports and learns a
-    correction to it; early stopping keeps it there when no correction helps. A model reading
-    covariates also standardises them with their mean and std over these windows. Returns the lag
-    name, or "given".
+    A simple forecast that beats the shared one gets `weight` in the head's mix (the site then starts
+    from `weight` x it + (1 - weight) x the shared forecast) and the head learns a correction to that;
+    otherwise, and with no windows at all (a new site), the head stays the identity. A model reading
+    covariates also standardises them with their mean and std over these windows. Returns "shared",
+    the lag's name, or "given".
     """
-    if model.args.futr_exog:
+    if model.args.futr_exog and len(windows):
         if windows.exog.shape[2] != len(model.args.futr_exog):
             raise ValueError(f"the model reads covariates {list(model.args.futr_exog)}; the windows hold "
                              f"{windows.exog.shape[2]}")
@@ -159,18 +164,21 @@ def anchor_head(model: Forecaster, windows: Windows, weight: float = 0.9, given:
             model.head.exog_mean.copy_(torch.from_numpy(values.mean(axis=0)))
             std = values.std(axis=0)
             model.head.exog_std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))  # a constant column: unscaled
-    forecasts = {f"lag {lag}": seasonal_naive(windows.x, model.args.horizon, lag) for lag in model.args.lags}
-    if given is not None:
-        forecasts["given"] = given
-    errors = [forecast_errors(f, windows.y, windows.mask, windows.scale)["mae"] for f in forecasts.values()]
-    best = int(np.argmin(errors))
-    k = len(errors)
-    logits = torch.zeros_like(model.head.mix)
-    if k > 1:
-        logits[best] = float(np.log(weight * (k - 1) / (1 - weight)))
+    mix = torch.zeros_like(model.head.mix)
+    best = "shared"
+    if len(windows):
+        forecasts = {"shared": predict(model, windows.x, windows.exog, head=False)}  # first: it wins ties
+        forecasts |= {f"lag {lag}": seasonal_naive(windows.x, model.args.horizon, lag) for lag in model.args.lags}
+        if given is not None:
+            forecasts["given"] = given
+        errors = [forecast_errors(f, windows.y, windows.mask, windows.scale)["mae"] for f in forecasts.values()]
+        index = int(np.argmin(errors))
+        best = list(forecasts)[index]
+        if index:
+            mix[index - 1] = weight
     with torch.no_grad():
-        model.head.mix.copy_(logits)
-    return list(forecasts)[best]
+        model.head.mix.copy_(mix)
+    return best
 
 
 def _set_encoder_trainable(model: Forecaster, trainable: bool) -> None:
@@ -202,16 +210,18 @@ def fine_tune(model: Forecaster, splits: Splits, args: TrainArgs) -> tuple[FitRe
 
 
 def body_update(model: Forecaster, splits: Splits, args: TrainArgs, epochs: int) -> FitResult:
-    """FedRep's body phase: the encoder alone at `lr * encoder_lr_ratio`, the head frozen, for
-    exactly `epochs` epochs, kept as they end (a FedAvg-style local update)."""
-    for p in model.head.parameters():
-        p.requires_grad_(False)
-    try:
-        return fit(model, [{"params": model.encoder.parameters(), "lr": args.lr * args.encoder_lr_ratio}],
-                   splits, args, epochs=epochs)
-    finally:
-        for p in model.head.parameters():
-            p.requires_grad_(True)
+    """A federated round's local update of the shared part (FedRep's body phase, FedAvg's local
+    epochs): the encoder alone, on its own forecast's loss (the head is not used), at
+    `lr * encoder_lr_ratio`, for exactly `epochs` passes over every training window, kept as they end."""
+    passes = replace(args, steps_per_epoch=max(1, math.ceil(len(splits.train) / args.batch_size)))
+    return fit(model, [{"params": model.encoder.parameters(), "lr": args.lr * args.encoder_lr_ratio}],
+               splits, passes, epochs=epochs, head=False)
+
+
+def train_shared(model: Forecaster, splits: Splits, args: TrainArgs) -> FitResult:
+    """The encoder alone on its own forecast's loss at `lr`, early-stopped (pretraining, and the
+    pooled model of every site's windows)."""
+    return fit(model, [{"params": model.encoder.parameters(), "lr": args.lr}], splits, args, head=False)
 
 
 def train_scratch(model: Forecaster, splits: Splits, args: TrainArgs, epochs: int = 0) -> FitResult:

@@ -56,12 +56,15 @@ class StatAnchored(Forecaster):
         super().__init__(args)
         self.head.mix = torch.nn.Parameter(torch.zeros(len(args.lags) + 1, args.horizon))
 
-    def forward_normalized(self, xg: torch.Tensor, exog: torch.Tensor | None = None
+    def forward_normalized(self, xg: torch.Tensor, exog: torch.Tensor | None = None, head: bool = True
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, given = xg[:, : self.args.lookback], xg[:, self.args.lookback:]
         z, mean, std = normalize(x)
+        tokens, shared = self.encoder(z)
+        if not head:
+            return shared, mean, std
         simple = torch.cat([z[:, self.simple_index], ((given - mean) / std)[:, None]], dim=1)
-        return self.head(self.encoder(z), simple), mean, std
+        return self.head(tokens, simple, shared), mean, std
 
 
 def with_given(w: Windows, given: np.ndarray) -> Windows:

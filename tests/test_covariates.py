@@ -107,8 +107,8 @@ def test_only_the_encoder_leaves_a_site_and_the_site_keeps_its_covariate_statist
 @pytest.mark.parametrize("hidden", [0, 8])
 def test_a_pretrained_encoder_without_covariates_starts_the_correction_at_zero(hidden):
     torch.manual_seed(0)
-    plain = Forecaster(replace(ARGS, futr_exog=()))
-    model = with_covariates(plain, replace(ARGS, known_hidden=hidden))
+    plain = Forecaster(replace(ARGS, futr_exog=())).eval()
+    model = with_covariates(plain, replace(ARGS, known_hidden=hidden)).eval()
     x = torch.randn(4, 48)
     exog = torch.randn(4, 13, 1)
     torch.testing.assert_close(model(x, exog), plain(x))

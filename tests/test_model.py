@@ -26,13 +26,17 @@ def test_state_is_exactly_encoder_plus_head():
     assert count_parameters(model) == count_parameters(model.encoder) + count_parameters(model.head)
 
 
-def test_untrained_head_forecasts_the_average_of_simple_forecasts():
+def test_an_untrained_head_serves_the_shared_forecast_and_its_mix_moves_to_the_simple_ones():
+    torch.manual_seed(0)
     model = Forecaster(ARGS).eval()
     x = torch.arange(48, dtype=torch.float32).reshape(1, 48) ** 1.5
+    shared = model(x, head=False)[0]
+    torch.testing.assert_close(model(x)[0], shared)
     naive = x[0, -1].repeat(12)
     seasonal = x[0, 24:36]  # lag 24, horizon 12: the 12 points starting one season back
-    expected = (naive + seasonal) / 2
-    torch.testing.assert_close(model(x)[0], expected, rtol=1e-5, atol=1e-3)
+    with torch.no_grad():
+        model.head.mix.copy_(torch.tensor([[0.25], [0.5]]).expand(2, 12))
+    torch.testing.assert_close(model(x)[0], 0.25 * naive + 0.5 * seasonal + 0.25 * shared, rtol=1e-5, atol=1e-3)
 
 
 def test_forecast_is_scale_equivariant():

@@ -12,7 +12,7 @@ import torch
 from shared.data import make_splits, regularize, validate
 from shared.model import Forecaster, ModelArgs
 from shared.config import TrainArgs
-from shared.train import AdamW, anchor_head, body_update, evaluate, fine_tune, linear_probe, train_scratch
+from shared.train import AdamW, anchor_head, body_update, evaluate, fine_tune, linear_probe, train_scratch, train_shared
 
 ARGS = ModelArgs(lookback=48, horizon=12, patch_len=12, patch_stride=12, d_model=16, n_heads=2, n_layers=1,
                  d_ff=32, lags=(1, 24))
@@ -45,8 +45,10 @@ def test_linear_probe_changes_only_the_head():
 
 
 def test_fine_tune_moves_the_encoder_and_improves_validation():
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     model, splits = Forecaster(ARGS), _splits()
+    train_shared(model, splits, FAST)  # a pretrained encoder
+    anchor_head(model, splits.train)  # as every site starts a head
     start = evaluate(model, splits.val)["mae"]
     before = _state(model.encoder)
     probe, tuned = fine_tune(model, splits, FAST)
@@ -104,12 +106,24 @@ def test_anchor_head_starts_from_the_best_simple_forecast_on_training_windows():
     model = Forecaster(ARGS)  # lags (1, 24)
     splits = _splits()
     assert anchor_head(model, splits.train) == "lag 24"
-    weights = torch.softmax(model.head.mix, dim=0)
-    torch.testing.assert_close(weights[1], torch.full((12,), 0.9))
-    # the forecast is now 0.9 x seasonal naive + 0.1 x naive (the correction is still zero)
+    torch.testing.assert_close(model.head.mix, torch.stack([torch.zeros(12), torch.full((12,), 0.9)]))
+    # the forecast is now 0.9 x seasonal naive + 0.1 x the shared forecast (the correction is still zero)
     x = torch.from_numpy(splits.val.x[:1])
-    expected = 0.9 * x[0, 24:36] + 0.1 * x[0, -1]
-    torch.testing.assert_close(model.eval()(x)[0], expected, rtol=1e-4, atol=1e-3)
+    model.eval()
+    expected = 0.9 * x[0, 24:36] + 0.1 * model(x, head=False)[0]
+    torch.testing.assert_close(model(x)[0], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_a_head_with_nothing_to_learn_from_is_the_identity_on_the_shared_forecast():
+    """A new site (no training window) and a site where the shared forecast wins both start from it."""
+    torch.manual_seed(0)
+    model, splits = Forecaster(ARGS).eval(), _splits()
+    assert anchor_head(model, splits.train.subset(np.arange(0))) == "shared"
+    x = torch.from_numpy(splits.val.x)
+    torch.testing.assert_close(model(x), model(x, head=False))
+    train_shared(model, splits, FAST)  # the shared forecast beats naive and seasonal naive on this series
+    assert anchor_head(model, splits.train) == "shared"
+    assert not model.head.mix.any()
 
 
 def test_adamw_updates_exactly_as_torchs_adamw_with_groups_and_frozen_parameters():
