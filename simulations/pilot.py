@@ -9,8 +9,9 @@ the federation's credentials (`python -m server.credentials`), starts `flower-su
 and SuperNode authentication, registers each site's key, starts each site's SuperNode
 (`python -m client.supernode`: Flower's `flower-supernode` with shorter waits) on its own slice
 of the data (its own file, state folder and Flower home), runs `flwr run` showing a line per round,
-prints the per-site results and stops every process it started, also on failure, Ctrl-C or
-SIGTERM. Logs go to OUT/logs/ (the run's in flwr-run.log, shown too with --verbose).
+prints the per-site results and stops every process it started, also on failure, Ctrl-C,
+SIGTERM or kill -9 (a watchdog process does it then). Logs go to OUT/logs/ (the run's in
+flwr-run.log, shown too with --verbose).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from shared.config import parse_overrides
 from shared.sites import plan_run
 from simulations.console import Console
 from simulations.runner import (APP_DIR, QUIET_ENV, RunError, exit_on_sigterm, flwr_run, free_port, print_summary,
-                                stop_marked, stop_tree, write_run_config)
+                                stop_marked, stop_tree, watched, write_run_config)
 
 FEDERATION = "pilot"
 HOST = "127.0.0.1"
@@ -51,7 +52,8 @@ def wait_for_port(process: subprocess.Popen, port: int, log: Path, timeout: floa
 
 
 class Pilot:
-    """The processes of one pilot; `stop()` (or leaving the `with` block) stops every one of them."""
+    """The processes of one pilot; `stop()` (or leaving the `with` block) stops every one of them,
+    and inside the `with` block a watchdog stops them should this process be killed (kill -9)."""
 
     def __init__(self, out: Path, supernode_poll: float | None = None):
         self.out = out
@@ -68,6 +70,7 @@ class Pilot:
         self.supernodes: dict[str, subprocess.Popen] = {}
 
     def __enter__(self) -> Pilot:
+        self._stack.enter_context(watched(MARK, str(self.out)))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,8 +3,10 @@
 `run_app` starts its own `flower-superlink --simulation` on a free loopback port (Flower's
 managed local SuperLink would outlive the run and is shared by every run on the machine), runs
 `flwr run` against it with a Flower home folder of ours, and stops the SuperLink's whole process
-group afterwards, also when the run fails or is interrupted. `ray_head` starts one local Ray head
-that every run inside it joins (a comparison runs many), unless `RAY_ADDRESS` names a cluster.
+group afterwards, also when the run fails or is interrupted; the Ray it starts keeps its session
+folder in the run's folder or in a temporary one (`ray_tmpdir`), never in the system temp dir.
+`ray_head` starts one local Ray head that every run inside it joins (a comparison runs many),
+unless `RAY_ADDRESS` names a cluster.
 `Console` is what a person reads meanwhile: a line per round, read from the run's `per_site.json`;
 Flower's own output goes to the run's log file, and to the console only when asked for.
 """
@@ -39,6 +41,8 @@ QUIET_ENV = {
     "OPENBLAS_NUM_THREADS": "1",  # one BLAS thread per process: the engine already runs one per core
 }
 FEDERATION = "sim"
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # bytes in a Unix socket path, as Ray checks it
+RAY_SOCKET = "ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.9"  # Ray's longest, under RAY_TMPDIR
 
 
 class RunError(RuntimeError):
@@ -102,22 +106,26 @@ def stop_marked(name: str, value: str, grace: float = 10.0) -> None:
         stop_tree(proc.pid, grace)
 
 
-def watch(parent: int, name: str, value: str, poll: float = 0.5) -> None:
-    """Wait for process `parent` to end, then stop every process marked `name=value` (stop_marked)."""
+def watch(parent: int, name: str, value: str, remove: Path | None = None, poll: float = 0.5) -> None:
+    """Wait for process `parent` to end, then stop every process marked `name=value` (stop_marked)
+    and delete the folder `remove`, if given."""
     with suppress(psutil.NoSuchProcess):
         process = psutil.Process(parent)
         while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
             time.sleep(poll)
     stop_marked(name, value)
+    if remove:
+        shutil.rmtree(remove, ignore_errors=True)
 
 
 @contextmanager
-def watched(name: str, value: str):
-    """While the block runs, a watchdog process stops every process marked `name=value` should this
-    one die without cleaning up (kill -9): Flower and Ray run in sessions of their own and would
-    outlive it."""
-    watchdog = subprocess.Popen([sys.executable, "-m", "simulations.runner", "--watch", str(os.getpid()), name, value],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def watched(name: str, value: str, remove: Path | None = None):
+    """While the block runs, a watchdog process stops every process marked `name=value`, and deletes
+    the temporary folder `remove`, should this one die without cleaning up (kill -9): Flower and Ray
+    run in sessions of their own and would outlive it."""
+    command = [sys.executable, "-m", "simulations.runner", "--watch", str(os.getpid()), name, value,
+               *([str(remove)] if remove else [])]
+    watchdog = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         yield
     finally:
@@ -125,9 +133,26 @@ def watched(name: str, value: str):
         watchdog.wait()
 
 
+def ray_tmpdir(workdir: Path | None = None) -> tuple[Path, bool]:
+    """Ray's temp folder (RAY_TMPDIR) for a run in `workdir`, and whether it is temporary (for the caller to delete).
+
+    `workdir/ray` keeps Ray's session folder (its logs) with the run. Ray also puts its Unix sockets
+    there, and a socket path holds at most 107 bytes: when `workdir` is too deep for that (the
+    default runs/<name>/flower already is), or not given, the folder is a new short one under /tmp
+    (not the system temp dir, which TMPDIR may make as deep).
+    """
+    folder = workdir / "ray" if workdir else None
+    if folder and len(str(folder / RAY_SOCKET).encode()) <= SOCKET_PATH_MAX:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder, False
+    return Path(tempfile.mkdtemp(prefix="fedts-ray-", dir="/tmp")), True
+
+
 @contextmanager
 def superlink(home: Path, log_path: Path, timeout: float = 60.0):
-    """A simulation SuperLink on a free loopback port; yields its address, stops it on exit."""
+    """A simulation SuperLink on a free loopback port; yields its address, stops it on exit.
+
+    The Ray it starts keeps its session in `ray_tmpdir(home.parent)`, deleted on exit if temporary."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     home.mkdir(parents=True, exist_ok=True)
@@ -135,8 +160,11 @@ def superlink(home: Path, log_path: Path, timeout: float = 60.0):
         f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\naddress = "{address}"\ninsecure = true\n'
     )
     bin_dir = str(Path(sys.executable).parent)  # the SuperLink finds flower-superexec on PATH
-    env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    with watched("FLWR_HOME", str(home)):  # stops what the SuperLink started, should this process be killed
+    ray_dir, temporary = ray_tmpdir(home.parent)  # unused by a run that joins a Ray head (RAY_ADDRESS)
+    env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home), "RAY_TMPDIR": str(ray_dir),
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    removed = ray_dir if temporary else None
+    with watched("FLWR_HOME", str(home), removed):  # stops what the SuperLink started, should this process be killed
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 ["flower-superlink", "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
@@ -159,6 +187,8 @@ def superlink(home: Path, log_path: Path, timeout: float = 60.0):
         finally:
             stop_tree(process.pid)
             stop_marked("FLWR_HOME", str(home))  # its processes that left the tree (Ray actors, on a busy machine)
+            if removed:
+                shutil.rmtree(removed, ignore_errors=True)
 
 
 @contextmanager
@@ -170,11 +200,11 @@ def ray_head(timeout: float = 120.0):
     if os.environ.get("RAY_ADDRESS"):
         yield
         return
-    folder = Path(tempfile.mkdtemp(prefix="fedts-ray-"))  # short: Ray's socket paths must fit 107 bytes
+    folder, _ = ray_tmpdir()
     port = free_port()
     log_path = folder / "ray-start.log"
     env = {**os.environ, **QUIET_ENV, "RAY_TMPDIR": str(folder)}
-    with watched("RAY_TMPDIR", str(folder)):  # stops Ray, should this process be killed
+    with watched("RAY_TMPDIR", str(folder), folder):  # stops Ray and deletes its folder, should this process be killed
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", str(port),
@@ -253,4 +283,4 @@ def print_summary(summary_path: Path, started: float, logs: Path, what: str) -> 
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--watch"]:  # the watchdog process of `watched`
-    watch(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    watch(int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5]) if sys.argv[5:] else None)
