@@ -29,11 +29,11 @@ from server.secagg import SecAggTrain
 from server.strategy import EncoderFedAvg
 from shared import wire
 from shared.checkpoint import write_json
-from shared.config import PrivacyArgs, Settings, to_config
+from shared.config import FederationArgs, PrivacyArgs, Settings, to_config
 from shared.guard import evidence_warning
 from shared.model import Forecaster, ModelArgs, count_parameters, state_bytes
 from shared.pretrain import initial_model
-from shared.results import site_table
+from shared.results import new_site_prior, site_table
 from shared.signing import Roster, load_private_key, sign_encoder
 
 app = ServerApp()
@@ -52,14 +52,7 @@ def main(grid: Grid, context: Context) -> None:
     if fed.min_train_nodes < 1:
         raise ValueError("min-train-nodes must be at least 1")
     privacy = calibrated(settings.privacy, fed.num_server_rounds)  # bad DP settings fail here, before pretraining
-    robust = [key for key, on in (("aggregation", fed.aggregation != "fedavg"),
-                                  ("clip-update-norm", fed.clip_update_norm and privacy.dp == "central"),
-                                  ("max-update-norm", fed.max_update_norm and privacy.secagg),
-                                  ("roster", privacy.roster and privacy.secagg)) if on]
-    if robust and (privacy.secagg or privacy.dp == "central"):  # under SecAgg+ each site clips before masking
-        raise ValueError(f"{', '.join(robust)} cannot apply with {'secagg' if privacy.secagg else 'dp = central'}: "
-                         "SecAgg+ gives the server only the weighted sum of unsigned masked updates, central DP "
-                         "its own clipped mean")
+    refuse_combinations(fed, privacy)
     sign_key = settings.privacy.sign_key
     signing_key = load_private_key(sign_key) if sign_key else None  # a bad key fails here
     roster = Roster.load(privacy.roster) if privacy.roster else None  # and a bad roster
@@ -121,8 +114,27 @@ def main(grid: Grid, context: Context) -> None:
                     "total": time.monotonic() - started},
         "sites": site_table(fedavg.log.rows),
         "missing": fedavg.log.missing(),
+        "new_site_prior": {str(h): {"wins": w, "sites": n} for h, (w, n) in new_site_prior(fedavg.log.rows).items()},
         "privacy": privacy_summary(privacy, dp),
     })
+
+
+def refuse_combinations(fed: FederationArgs, privacy: PrivacyArgs) -> None:
+    """ValueError naming the settings that cannot apply with secagg or central DP: SecAgg+ gives the
+    server only the weighted sum of unsigned masked updates, whose weights travel masked (each site
+    clips its own update to clip-update-norm before masking); central DP aggregates its own clipped
+    mean (each reply is still checked)."""
+    if not (privacy.secagg or privacy.dp == "central"):
+        return
+    refused = [key for key, on in (("aggregation", fed.aggregation != "fedavg"),
+                                   ("clip-update-norm", fed.clip_update_norm and privacy.dp == "central"),
+                                   ("max-update-norm", fed.max_update_norm and privacy.secagg),
+                                   ("max-train-windows", fed.max_train_windows and privacy.secagg),
+                                   ("roster", privacy.roster and privacy.secagg)) if on]
+    if refused:
+        raise ValueError(f"{', '.join(refused)} cannot apply with {'secagg' if privacy.secagg else 'dp = central'}: "
+                         "SecAgg+ gives the server only the weighted sum of unsigned masked updates with masked "
+                         "weights, central DP its own clipped mean")
 
 
 def privacy_summary(privacy: PrivacyArgs, dp: DpStrategy | None) -> dict:

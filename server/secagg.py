@@ -23,6 +23,11 @@ is chosen per round as the largest power of two with (sampled sites) * Q < 2**32
 modulo 2**32; at most 2**30), making the aggregate within sites * 2 * clipping_range / Q *
 max_weight / total num-examples of the exact FedAvg (`error_bound`).
 
+The server cannot check one site's update, only the unmasked aggregate (`check_aggregate`): it must be
+finite and, with `clip-update-norm` set, no farther from the encoder sent than that norm plus the
+quantisation error, since each site clips its own update to that norm before masking
+(client.secagg.bounded); otherwise the round fails (`AggregateRejected`) and nothing of it is kept.
+
 What protects an update is the masks, and Flower 1.41 draws them from numpy's Mersenne Twister
 seeded with 32 bits folded from each 32-byte key (`secaggplus_utils.pseudo_rand_gen`), not from
 a cryptographic generator; and its server has no consistency check, so SecAgg+ here protects
@@ -32,6 +37,7 @@ against an honest-but-curious server, not a malicious one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
@@ -57,6 +63,7 @@ from server.rounds import Arrays, Sign
 from server.strategy import EncoderFedAvg, SiteLog, TooFewSites
 from shared.checkpoint import write_json
 from shared.config import Settings
+from shared.privacy import l2_norm
 
 # Keys of the fit config that `client.secagg` reads (the rest is passed on to the train handler).
 ARRAY_KEYS = "array-keys"  # JSON list: the state-dict key of each legacy parameter, in order
@@ -80,6 +87,38 @@ def error_bound(weights: list[float], max_weight: float, clipping_range: float =
     """Largest |SecAgg+ aggregate - exact FedAvg| per parameter, before the cast to float32."""
     q = quantization or quantization_range(len(weights))
     return len(weights) * 2 * clipping_range / q * max_weight / sum(min(w, max_weight) for w in weights)
+
+
+class AggregateRejected(RuntimeError):
+    """A SecAgg+ round's unmasked aggregate failed `check_aggregate`. As on TooFewSites, the round is not
+    checkpointed and the run stops: the server cannot tell which site's update caused it."""
+
+
+def check_aggregate(server_round: int, sent: dict[str, np.ndarray], aggregate: dict[str, np.ndarray],
+                    clip_norm: float, error: float) -> None:
+    """AggregateRejected unless the unmasked `aggregate` is finite and, with `clip_norm` > 0, its update
+    from `sent` has an L2 norm within `clip_norm` plus SecAgg+'s quantisation error (`error` per
+    parameter, as `error_bound`, over all parameters) and float rounding.
+
+    Each site scales its update down to `clip_norm` before masking (client.secagg.bounded), so the
+    weighted mean of honest updates is no longer than that; a longer one holds an unclipped update.
+    """
+    where = f"round {server_round} (train, SecAgg+)"
+    for name, values in aggregate.items():
+        if not np.isfinite(values).all():
+            raise AggregateRejected(f"{where}: the unmasked aggregate holds non-finite values in {name}; "
+                                    "nothing of this round is kept")
+    if not clip_norm:
+        return
+    norm = l2_norm({name: aggregate[name].astype(np.float64) - base.astype(np.float64) for name, base in sent.items()})
+    limit = clip_norm + math.sqrt(sum(base.size for base in sent.values())) * error
+    rounding = max((np.finfo(base.dtype).eps for base in sent.values() if np.issubdtype(base.dtype, np.floating)),
+                   default=0.0)  # the sites' and the server's casts to the arrays' dtype
+    limit += rounding * (l2_norm(sent) + limit)
+    if norm > limit:
+        raise AggregateRejected(f"{where}: the aggregate update's L2 norm {norm:.6g} exceeds {limit:.6g} "
+                                f"(clip-update-norm {clip_norm:g} plus SecAgg+'s quantisation error): some site did "
+                                "not clip its update; nothing of this round is kept")
 
 
 def _like(ndarrays: list[np.ndarray], reference: list[np.ndarray]) -> list[np.ndarray]:
@@ -175,12 +214,13 @@ class SecAggTrain:
     Each round's per-site train rows go to `fedavg`'s log and its seconds (sampling to aggregate)
     to `fedavg.round_times`, as EncoderFedAvg's own rounds do. A round with fewer aggregated sites
     than `fedavg.min_train_nodes` (every round whose secure aggregation halted) raises TooFewSites,
-    so the loop checkpoints nothing for it; dropouts within SecAgg+'s threshold and above that
-    minimum complete it.
+    and one whose aggregate fails `check_aggregate` AggregateRejected, so the loop checkpoints nothing
+    for it; dropouts within SecAgg+'s threshold and above that minimum complete it.
 
     Args:
         grid, context: the ServerApp's (the context is wrapped in a LegacyContext each round).
-        settings: the run's settings (SecAgg+ shares and threshold; central or local DP is refused).
+        settings: the run's settings (SecAgg+ shares and threshold, clip-update-norm for the aggregate's
+            check; central or local DP is refused).
         fedavg: the strategy whose sampling fraction and minimum the rounds use, and whose per-site
             log and round times they go to.
         config: the fit config every site gets (legacy scalars: int, float, str, bytes, bool);
@@ -200,7 +240,7 @@ class SecAggTrain:
                              "site's plain update, which SecAgg+ hides from the server; local DP's ε account "
                              "lives in the plain round phase (server.privacy)")
         self.grid, self.context, self.fedavg, self.config = grid, context, fedavg, dict(config)
-        self.sign = sign
+        self.sign, self.clip_norm = sign, settings.federation.clip_update_norm
         self.params = secagg_settings(settings, context.run_config) | secagg
         workflow_args = {k: v for k, v in self.params.items() if k not in ("num_shares", "reconstruction_threshold")}
         self.workflow = SecAggPlusWorkflow(self.params["num_shares"], self.params["reconstruction_threshold"],
@@ -247,8 +287,13 @@ class SecAggTrain:
             raise TooFewSites(f"round {server_round} (train, SecAgg+): {usable} sites aggregated{halted}, at least "
                               f"{fedavg.min_train_nodes} needed (min-train-nodes); "
                               f"missing: {', '.join(missing) or 'none'}")
+        aggregate = dict(zip(keys, strategy.aggregate, strict=True))
+        # the smallest total weight `usable` sites can have (one training window each) bounds the error
+        error = error_bound([1] * usable, self.params["max_weight"], self.params["clipping_range"],
+                            self.workflow.quantization_range)
+        check_aggregate(server_round, dict(zip(keys, reference, strict=True)), aggregate, self.clip_norm, error)
         fedavg.round_times[server_round] = (strategy.ended or time.monotonic()) - strategy.started
-        return {k: torch.from_numpy(a) for k, a in zip(keys, strategy.aggregate, strict=True)}
+        return {k: torch.from_numpy(a) for k, a in aggregate.items()}
 
     def set_quantization(self, sites: int) -> None:
         """Sets the round's quantisation range for `sites` sampled sites (unless one was given)."""

@@ -29,7 +29,8 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.secagg import is_secagg, secagg_mod, to_legacy, to_plain
-from server.secagg import ARRAY_KEYS, CLIPPING_RANGE, MAX_WEIGHT, SecAggTrain, error_bound, quantization_range
+from server.secagg import (ARRAY_KEYS, CLIPPING_RANGE, MAX_WEIGHT, AggregateRejected, SecAggTrain, check_aggregate,
+                           error_bound, quantization_range)
 from server.strategy import EncoderFedAvg, TooFewSites
 from shared import wire
 from shared.config import Settings
@@ -152,14 +153,21 @@ def _initial() -> dict[str, torch.Tensor]:
 
 
 def _run(out: Path, nodes: int = 3, rounds: int = 2, fail: dict[int, tuple] | None = None,
-         max_weight: float = 1000.0, **secagg):
-    """`rounds` calls of the SecAgg+ train phase; a round that raises TooFewSites is `halted` (global kept)."""
+         max_weight: float = 1000.0, run_config: dict | None = None, site_configs: dict[int, dict] | None = None,
+         **secagg):
+    """`rounds` calls of the SecAgg+ train phase; a round that raises TooFewSites is `halted` (global kept).
+
+    `run_config` is the server's and every site's, but site i's is `site_configs[i]` if given.
+    """
     recorder = Recorder()
     ids = [1000 + 7 * i for i in range(nodes)]
     grid = MemoryGrid({nid: _site_app(i, recorder, (fail or {}).get(i, ())) for i, nid in enumerate(ids)})
+    for i, nid in enumerate(ids):
+        grid.contexts[nid].run_config = (site_configs or {}).get(i, run_config or {})
     fedavg = EncoderFedAvg(out, fraction_train=1.0, min_train_nodes=2, min_available_nodes=nodes)
     train = SecAggTrain(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                        Settings.from_config(TINY), fedavg, {"model-args": "{}"}, max_weight=max_weight, **secagg)
+                        Settings.from_config({**TINY, **(run_config or {})}), fedavg, {"model-args": "{}"},
+                        max_weight=max_weight, **secagg)
     arrays, seen, halted = _initial(), [], []
     for server_round in range(1, rounds + 1):
         try:
@@ -191,11 +199,13 @@ def _unmasked(sent: dict[str, np.ndarray], n: int, max_weight: float, sites: int
 
 
 def _masked_away(masked: list[np.ndarray], sent: dict[str, np.ndarray], n: int, max_weight: float, sites: int) -> bool:
-    """Whether every entry a site sent lies far (modulo 2**32, as the masks) from its unmasked value."""
+    """Whether the entries a site sent lie far (modulo 2**32, as the masks) from their unmasked values: all
+    but a few, as a uniform mask lands within 1000 of a value with probability 2001 / 2**32 (about one
+    entry in 2 million)."""
     plain = _unmasked(sent, n, max_weight, sites)
     got = np.concatenate([a.ravel() for a in masked]).astype(np.float64)
     distance = np.abs((got - plain + 2**31) % 2**32 - 2**31)
-    return got.size == plain.size and bool(np.all(distance > 1000))
+    return got.size == plain.size and np.count_nonzero(distance <= 1000) <= max(1, got.size // 1000)
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -255,6 +265,49 @@ def test_weights_above_the_max_weight_are_capped_and_flagged(tmp_path):
     expected = _fedavg([(u, min(n, 200)) for u, n in updates])
     assert _max_diff(expected, global_1) < _bound([100, 200, 300], 200)
     assert [row["secagg-weight-capped"] for row in rows] == [0, 0, 1]
+
+
+def _moved(sent: dict[str, np.ndarray], norm: float, error: float = 0.0) -> dict[str, np.ndarray]:
+    """`sent` moved by an update of L2 norm `norm`, each coordinate then `error` farther (float32)."""
+    rng = np.random.default_rng(1)
+    update = {k: rng.normal(0.0, 1.0, v.shape) for k, v in sent.items()}
+    scale = norm / np.sqrt(sum(float(np.sum(u ** 2)) for u in update.values()))
+    return {k: (v.astype(np.float64) + update[k] * scale + error * np.sign(update[k])).astype(np.float32)
+            for k, v in sent.items()}
+
+
+def test_the_unmasked_aggregate_is_checked_against_clip_update_norm_and_the_quantisation_error():
+    sent = {k: v.numpy() for k, v in _initial().items()}
+    error = error_bound([1, 1, 1], 1000.0, 8.0, quantization_range(3))  # 3 sites of one window each
+    # honest at worst: every site's update clipped to 0.5, all in one direction, and the worst quantisation
+    # error in every coordinate
+    check_aggregate(1, sent, _moved(sent, 0.5, error), clip_norm=0.5, error=error)
+    check_aggregate(1, sent, _moved(sent, 50.0), clip_norm=0.0, error=error)  # no clip-update-norm: no bound
+    with pytest.raises(AggregateRejected, match=r"^round 4 \(train, SecAgg\+\): the aggregate update's L2 norm 0\.51 "
+                                                r"exceeds 0\.5000\d+ \(clip-update-norm 0\.5 plus"):
+        check_aggregate(4, sent, _moved(sent, 0.51), clip_norm=0.5, error=error)
+    with pytest.raises(AggregateRejected, match="clip-update-norm 0.5 plus"):  # beyond the error bound
+        check_aggregate(4, sent, _moved(sent, 0.5, 2 * error), clip_norm=0.5, error=error)
+    for bad in (np.nan, np.inf):
+        aggregate = dict(sent, **{"norm.weight": np.array([0.0, bad, 0.0, 0.0], np.float32)})
+        for clip_norm in (0.0, 0.5):
+            with pytest.raises(AggregateRejected, match=r"non-finite values in norm\.weight"):
+                check_aggregate(2, sent, aggregate, clip_norm=clip_norm, error=error)
+
+
+def test_a_round_whose_aggregate_holds_an_unclipped_update_is_refused(tmp_path):
+    # the updates here are about 0.22 long: sites running the App clip theirs to 0.05 before masking
+    clip = {"clip-update-norm": 0.05}
+    result, seen, _, _, _ = _run(tmp_path / "honest", rounds=2, run_config=clip)
+    assert result.halted == []
+    before = _initial()
+    for _, global_state, _ in seen:
+        moved = np.sqrt(sum(float(((global_state[k] - v).double() ** 2).sum()) for k, v in before.items()))
+        assert 0.01 < moved <= 0.05
+        before = global_state
+    # site02 (half the weight) does not clip: the server cannot tell whose update it is; the round fails
+    with pytest.raises(AggregateRejected, match=r"^round 1 .*L2 norm 0\.\d+ exceeds 0\.0500\d* \(clip-update-norm 0\.05"):
+        _run(tmp_path / "faulty", rounds=1, run_config=clip, site_configs={2: {}})
 
 
 def _app_rounds(tmp_path, num_rounds: int, min_train_nodes: int = 2, fail: dict | None = None, resume: bool = False):
