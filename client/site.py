@@ -34,12 +34,13 @@ from shared.data import GapReport, Splits, Windows, regularize, season_length
 from shared.guard import decide, divide
 from shared.scoring import model_scores, scores
 from shared.model import Forecaster, ModelArgs
+from shared.newsite import short_history_evidence
 from shared.results import ArmScores, SiteEvaluation
 from shared.sealing import SealError
 from shared.sites import site_splits
 from shared.statistical import frame_n_train, statistical_predictions
 from shared.config import TrainArgs
-from shared.train import anchor_head, body_update, fine_tune, linear_probe, round_seed, train_scratch
+from shared.train import anchor_head, body_update, fine_tune, round_seed, train_scratch
 
 LOCAL_ONLY_LRS = (3e-3, 1e-3)  # the local-only model gets a small learning-rate search on validation
 HEADS_KEPT = 4  # phases of head history kept in heads.pt
@@ -152,9 +153,10 @@ class Site:
                     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Train on the site's data and return (what goes back to the server, metrics).
 
-        exchange "encoder": fine-tune (head, then head and encoder, early-stopped; with
-        `train.local_epochs`, head then encoder alone for that many epochs); keep the head, send the
-        encoder. exchange "model": train every weight of the received model and send them all.
+        exchange "encoder": fine-tune (head, then head and encoder, early-stopped), keep the head and send
+        the encoder; with `train.local_epochs`, that many passes of the encoder alone on its own forecast's
+        loss (body_update: the head plays no part, and is trained when the site evaluates).
+        exchange "model": train every weight of the received model and send them all.
         """
         splits, _ = divide(self.splits(args))  # training sees the fitting windows only
         at = step(server_round, "train")
@@ -166,11 +168,12 @@ class Site:
                        "epochs": fit.epochs}
         else:
             if train.local_epochs:
-                probe, fit = linear_probe(model, splits, seeded), body_update(model, splits, seeded, train.local_epochs)
+                fit = body_update(model, splits, seeded, train.local_epochs)
+                metrics = {"val-mae-probe": fit.val_curve[0], "val-mae": fit.returned_val_mae, "epochs": fit.epochs}
             else:
                 probe, fit = fine_tune(model, splits, seeded)
-            metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.returned_val_mae,
-                       "epochs": probe.epochs + fit.epochs}
+                metrics = {"val-mae-probe": probe.best_val_mae, "val-mae": fit.returned_val_mae,
+                           "epochs": probe.epochs + fit.epochs}
         self.keep(model, run, at)
         sent = model.state_dict() if exchange == "model" else model.encoder.state_dict()
         return sent, {"num-examples": len(splits.train), **metrics}
@@ -187,6 +190,7 @@ class Site:
         fit, judging = divide(splits)
         at = step(server_round, "evaluate")
         model = self.restore(args, received, exchange, fit.train, run, at)
+        short = self.short_history(model) if exchange == "encoder" else {}  # the received encoder, not yet tuned
         if exchange == "encoder":
             fine_tune(model, fit, _with_seed(train, round_seed(train.seed, self.name, -server_round)))
             self.keep(model, run, at)
@@ -200,7 +204,21 @@ class Site:
         arms = {**alone["options"], "alone_best": best, "federated": federated,
                 "served": federated if decision.serve == "federated" else best}
         return SiteEvaluation({arm: ArmScores.of(result) for arm, result in arms.items()}, decision,
-                              alone["best"], self.gaps.filled, len(splits.test))
+                              alone["best"], self.gaps.filled, len(splits.test), short)
+
+    def short_history(self, model: Forecaster) -> dict[int, bool]:
+        """Per `prior-histories` length: whether the shared forecast beat the alone option this site would
+        pick with only that much history, on its validation windows (its test period is left out); lengths
+        its history cannot hold before validation are skipped."""
+        data = self.data
+        before_test = self.frame[self.frame.groupby("unique_id").cumcount(ascending=False) >= data.test_size]
+        before_test.attrs = dict(self.frame.attrs)
+        shortest = int(before_test.groupby("unique_id").size().min())
+        season = season_length(self.frame.attrs["freq"])
+        stats = tuple(self.options.stat_models.split())
+        return {h: short_history_evidence(before_test, model, h, data.val_size, data.stride, season, stats)
+                .won(self.options.guard_margin)
+                for h in self.options.histories if model.args.lookback <= h <= shortest - data.val_size}
 
     def alone(self, args: ModelArgs, train: TrainArgs, splits: Splits, fit: Splits) -> dict:
         """Every option the site has alone, scored, and the best on validation (cached in alone.json).

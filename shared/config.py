@@ -84,6 +84,13 @@ class SiteArgs:
     stat_models: str = "auto_ets auto_theta"  # statistical alone options (statsforecast); "" = none
     guard_margin: float = 0.02  # serve federated only if its validation MAE is this much below alone_best's
     alone_dir: str = ""  # simulation: where sites keep their alone options ("" = each site's state folder)
+    prior_histories: str = ""  # history lengths (points, space-separated) at which a site, when it evaluates,
+    # measures the shared forecast against the alone option it would pick with that little history, on its
+    # validation windows, and reports one win or loss per length: the prior of the new-site guard ("" = none)
+
+    @property
+    def histories(self) -> tuple[int, ...]:
+        return tuple(int(h) for h in self.prior_histories.replace(",", " ").split())
 
 
 @dataclass(frozen=True)

@@ -362,7 +362,8 @@ def check_lengths(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, 
 
 
 def make_splits(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, test_size: int,
-                stride: int = 1, season: int | None = None, covariates: tuple[str, ...] = ()) -> Splits:
+                stride: int = 1, season: int | None = None, covariates: tuple[str, ...] = (),
+                joining: bool = False) -> Splits:
     """Windows of a regularized frame, split by time per series (all series pooled).
 
     The last test_size points of each series are the test region, the val_size before them the
@@ -371,14 +372,15 @@ def make_splits(df: pd.DataFrame, lookback: int, horizon: int, val_size: int, te
     their region, inputs may look back into earlier ones. Windows with no observed target are
     dropped. scale is the series' mean |y_t - y_(t-season)| over observed pairs of the training
     region (season defaults to season_length(freq)), else the same at lag 1, else NaN. exog holds
-    the `covariates` columns at the last input point and over each window's horizon.
+    the `covariates` columns at the last input point and over each window's horizon. `joining`: a
+    site with little history, which needs only a lookback before validation (no training window).
     """
     if min(lookback, horizon, stride) < 1 or min(val_size, test_size) < 0:
         raise DataError(f"bad window sizes: lookback {lookback}, horizon {horizon}, stride {stride}, "
                         f"validation {val_size}, test {test_size}")
     if "observed" not in df.columns:
         raise DataError("make_splits needs a regularized frame (run regularize first)")
-    check_lengths(df, lookback, horizon, val_size, test_size, "data")
+    check_lengths(df, lookback, 0 if joining else horizon, val_size, test_size, "data")
     missing = [col for col in covariates if col not in df.columns]
     if missing:
         raise DataError(f"the data has no covariate column(s) {missing}; it has {list(df.columns)}")

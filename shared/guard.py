@@ -85,3 +85,47 @@ def divide(splits: Splits) -> tuple[Splits, np.ndarray]:
     origins = np.unique(splits.val.origin)
     judging = np.searchsorted(origins, splits.val.origin) % 2 == 1
     return Splits(splits.train, splits.val.subset(~judging), splits.test), judging
+
+
+PRIOR_WEIGHT = 8  # the established sites' evidence counts as this many of a new site's own validation windows
+NEW_SITE_THRESHOLD = 0.6  # share of (prior-weighted) wins the shared forecast needs to be served
+
+
+@dataclass(frozen=True)
+class NewSiteDecision:
+    """What a site with little history serves, with the evidence behind it (see decide_new)."""
+
+    serve: str  # "shared" or "alone_best"
+    history: int  # points of the site's own history
+    prior_wins: int  # established sites where the shared forecast beat their short-history alone choice
+    prior_sites: int
+    own_wins: int  # the site's own validation windows the shared forecast won
+    own_windows: int
+    score: float
+    threshold: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide_new(history: int, prior_wins: int, prior_sites: int, shared: np.ndarray, alone: np.ndarray,
+               prior_weight: float = PRIOR_WEIGHT, threshold: float = NEW_SITE_THRESHOLD) -> NewSiteDecision:
+    """Serve the shared forecast at a site with little history when
+
+        score = (prior_weight * (prior_wins + 1) / (prior_sites + 2) + own wins) / (prior_weight + own windows)
+
+    reaches `threshold`. The prior is the share of established sites (Laplace-smoothed) at which the
+    shared forecast beat the alone option they would have picked with `history` points; the site's own
+    validation windows (per-window MAEs of the shared forecast and of its alone choice, aligned) count
+    one each, so the decision moves to its own evidence as its history grows. No test data is used.
+    """
+    shared, alone = np.asarray(shared, float), np.asarray(alone, float)
+    if shared.shape != alone.shape:
+        raise ValueError(f"validation errors differ in shape: {shared.shape} vs {alone.shape}")
+    if not 0 <= prior_wins <= prior_sites:
+        raise ValueError(f"prior wins {prior_wins} must lie in 0..{prior_sites} (established sites)")
+    wins = int((shared < alone).sum())
+    prior = (prior_wins + 1) / (prior_sites + 2)
+    score = (prior_weight * prior + wins) / (prior_weight + len(shared))
+    return NewSiteDecision("shared" if score >= threshold else "alone_best", history, prior_wins, prior_sites,
+                           wins, len(shared), score, threshold)

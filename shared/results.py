@@ -7,6 +7,8 @@ knows the key format:
   "<arm>:val-mae", "<arm>:test-<metric>"   every arm the site scored (shared.metrics.METRICS)
   "guard:<field>"                           the guard's figures (shared.guard.GuardDecision)
   "filled-points", "num-examples"           gaps filled in its series, its test windows
+  "short-history:<points>"                  1 if the shared forecast beat the site's short-history alone
+                                            choice at that history length, else 0 (prior-histories)
   text: "alone-choice", "serve"             its best alone option, what its guard serves
 """
 
@@ -15,12 +17,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from shared.guard import GuardDecision
 from shared.metrics import METRICS
 
 GUARD_PREFIX = "guard:"
+SHORT_PREFIX = "short-history:"
 GUARD_FIELDS = tuple(f.name for f in fields(GuardDecision) if f.name != "serve")  # serve travels as text
 
 
@@ -52,11 +55,13 @@ class SiteEvaluation:
     alone_choice: str
     filled_points: int = 0
     test_windows: int = 0
+    short_history: dict[int, bool] = field(default_factory=dict)  # history length -> the shared forecast won
 
     def to_reply(self) -> tuple[dict[str, float], dict[str, str]]:
         """(metrics, text) of an evaluate reply."""
         metrics = {"num-examples": self.test_windows, "filled-points": self.filled_points,
                    **{GUARD_PREFIX + _kebab(name): float(getattr(self.guard, name)) for name in GUARD_FIELDS}}
+        metrics |= {f"{SHORT_PREFIX}{h}": float(won) for h, won in self.short_history.items()}
         for arm, score in self.arms.items():
             metrics[f"{arm}:val-mae"] = score.val_mae
             metrics |= {f"{arm}:test-{m}": v for m, v in score.test.items()}
@@ -73,7 +78,8 @@ class SiteEvaluation:
             name: (int if name == "windows" else float)(row[GUARD_PREFIX + _kebab(name)]) for name in GUARD_FIELDS})
         return cls({arm: ArmScores(float(row[f"{arm}:val-mae"]), {m: float(row[f"{arm}:test-{m}"]) for m in METRICS})
                     for arm in arms}, guard, str(row["alone-choice"]), int(row.get("filled-points", 0)),
-                   int(row.get("num-examples", 0)))
+                   int(row.get("num-examples", 0)),
+                   {int(key[len(SHORT_PREFIX):]): bool(value) for key, value in row.items() if key.startswith(SHORT_PREFIX)})
 
 
 def _kebab(name: str) -> str:
@@ -147,3 +153,18 @@ def format_summary(summary: dict) -> str:
                      f"{_median([r['skill_vs_alone'] for r in table])}, served "
                      f"{_median([r['served_skill_vs_alone'] for r in table])}")
     return "\n".join(lines)
+
+
+def new_site_prior(rows: list[dict]) -> dict[int, tuple[int, int]]:
+    """The new-site guard's prior from the server's per-site rows: per history length, (sites whose latest
+    evaluation found the shared forecast ahead of their short-history alone choice, sites that measured it)."""
+    latest: dict[str, SiteEvaluation] = {}
+    for row in rows:
+        if row["phase"] == "evaluate" and (evaluation := SiteEvaluation.from_row(row)) is not None:
+            latest[row["site"]] = evaluation
+    prior: dict[int, tuple[int, int]] = {}
+    for evaluation in latest.values():
+        for history, won in evaluation.short_history.items():
+            wins, sites = prior.get(history, (0, 0))
+            prior[history] = (wins + won, sites + 1)
+    return dict(sorted(prior.items()))

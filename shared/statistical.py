@@ -63,7 +63,7 @@ def _describe(model: str, fitted) -> str:
 
     params = fitted.model_
     if model == "auto_ets":  # e.g. 'ETS(A,Ad,N)'
-        return str(params["method"])
+        return str(params.get("method", "constant"))  # statsforecast fits a constant series without a form
     if model == "auto_theta":  # STM, OTM, DSTM or DOTM, and its seasonal decomposition if any
         seasonal = f" ({params['decomposition_type']} seasonal)" if params.get("decompose") else ""
         return str(params["modeltype"]) + seasonal

@@ -2,6 +2,7 @@
 
     python -m simulations.benchmark beijing [--out DIR] [extra simulations.compare options]
     python -m simulations.benchmark nn5
+    python -m simulations.benchmark coldstart-nn5
 
 Each preset is one `simulations.compare` command (printed before it runs); the report lands in
 `runs/benchmark-<name>/` unless --out says otherwise.
@@ -26,6 +27,12 @@ PRESETS = {
     "nn5": ["--data", str(DATA / "nn5" / "nn5_daily.csv.gz"), "--history", "120", "--lookback", "56",
             "--horizon", "14", "--val-size", "42", "--test-size", "98", "--stride", "7", "--cutoffs", "3",
             "--spacing", "98", "--rounds", "3", "--set", "steps-per-epoch=10"],
+    # cold start (simulations.coldstart): a quarter of the ATMs new in each of 4 rotating folds, keeping 28, 56
+    # or 112 days; the others 365 days; weekly origins over the 42 days after each of 4 cutoffs 98 days apart
+    "coldstart-nn5": ["--data", str(DATA / "nn5" / "nn5_daily.csv.gz"), "--history", "365", "--lookback", "28",
+                      "--horizon", "14", "--val-size", "42", "--test-size", "42", "--stride", "7", "--cutoffs", "4",
+                      "--spacing", "98", "--rounds", "3", "--new-sites", "0.25", "--new-history", "28,56,112",
+                      "--set", "local-epochs=4"],
 }
 
 

@@ -43,6 +43,7 @@ from shared.sites import plan_run, sites_splits
 from shared.model import Forecaster, ModelArgs
 from shared.config import TrainArgs
 from shared.train import anchor_head, fine_tune, round_seed
+from simulations import coldstart
 from simulations.report import write_report
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, ray_head, run_app
 
@@ -166,7 +167,8 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
     data_path = work / "data.parquet"
     part.to_parquet(data_path)
     n_sites = part["site"].nunique()
-    base = {**settings_config, "data-path": str(data_path), "alone-dir": str(work / "alone")}
+    base = {**settings_config, "data-path": str(data_path),
+            "alone-dir": settings_config.get("alone-dir") or str(work / "alone")}
     settings = Settings.from_config(base)
     results, guards, rounds, seconds = [], [], [], {}
     for arm, spec in ((a, s) for a, s in arms.items() if s is not None):
@@ -277,6 +279,48 @@ def read_setup(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, dict]:
     return frame, plan.defaults, config
 
 
+def cold_start(args: argparse.Namespace, frame: pd.DataFrame, config: dict, histories: list[int], spacing: int,
+               started: float) -> int:
+    """The cold-start comparison (simulations.coldstart) of the command's options."""
+    if not 0 < args.new_sites <= 0.5 or len(histories) != 1 or not args.new_history or args.resume:
+        raise SystemExit("--new-sites takes a fraction in (0, 0.5], one --history (the established sites'), a "
+                         "--new-history list, and no --resume")
+    new_histories = sorted(int(h) for h in args.new_history.split(","))
+    lookback, test_size = int(config["lookback"]), int(config["test-size"])
+    if new_histories[0] < lookback or new_histories[-1] + int(config["val-size"]) > histories[0]:
+        raise SystemExit(f"--new-history {new_histories}: each must be at least the lookback ({lookback}), and "
+                         f"each plus val-size ({config['val-size']}) at most --history ({histories[0]})")
+    arms = ["federated"] if args.arms == "all" else args.arms.split(",")
+    if unknown := sorted(set(arms) - {"federated", coldstart.SCRATCH}):
+        raise SystemExit(f"--arms with --new-sites: unknown {', '.join(unknown)}; known: federated, {coldstart.SCRATCH}")
+    out = Path(args.out).resolve()
+    history = histories[0]
+    cutoffs = cutoff_times(frame, history, test_size, args.cutoffs, spacing)
+    stream = sys.stdout if args.verbose else None
+
+    def federated(run_config: dict, established: pd.DataFrame, cutoff: pd.Timestamp, work: Path) -> list[dict]:
+        part = window_slice(established, cutoff, history, test_size)
+        rows, _, _, _ = run_cutoff(run_config | {"min-train-nodes": part["site"].nunique()}, part, work,
+                                   {"federated": FEDERATED_ARMS["federated"]}, started, stream)
+        return rows
+
+    meta = {"data": args.data or "built-in demo sites", "freq": frame.attrs["freq"], "cutoffs": args.cutoffs,
+            "spacing": spacing, "rounds": args.rounds, "seed": args.seed, "new_sites": args.new_sites,
+            "run_config": config, "command": " ".join(sys.argv), "python": platform.python_version(),
+            "packages": {p: version(p) for p in ("flwr", "torch", "pandas", "numpy", "statsforecast")}}
+    try:
+        with ray_head():
+            summary = coldstart.run(config, frame, cutoffs, history, new_histories, round(1 / args.new_sites), arms,
+                                    out, federated, lambda message: log(message, started), meta)
+    except RunError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    for line in sorted(summary, key=lambda r: (r["history"], -r["median_skill"])):
+        print(f"new sites, history {line['history']:>5}  {line['arm']:<26} median skill over alone_best "
+              f"{line['median_skill']:+7.1%}  worse by >5 % {line['share_worse_5pct']:5.0%}")
+    log(f"report: {out / 'report.md'}", started)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="", help="long-format CSV/Parquet (default: built-in demo sites)")
@@ -302,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="stream Flower's logs")
     parser.add_argument("--resume", action="store_true", help="reuse the finished cutoffs of an earlier run "
                         "into the same --out (same settings), redo the rest")
+    parser.add_argument("--new-sites", type=float, default=0.0, metavar="FRACTION", help="cold start: this share "
+                        "of the sites is new in each fold (rotating: every site is new once per cutoff); the "
+                        "others keep --history (simulations.coldstart)")
+    parser.add_argument("--new-history", default="", help="cold start: comma-separated points of history a new "
+                        "site keeps before the cutoff (each at least the lookback)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     started = time.monotonic()
@@ -318,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         [int(config["lookback"]) + 4 * int(config["val-size"])]
     spacing = args.spacing or int(config["test-size"])
     epsilons = [float(e) for e in args.dp_epsilons.split(",")] if args.dp_epsilons else []
+    if args.new_sites:
+        return cold_start(args, frame, config, histories, spacing, started)
     known: dict[str, FederatedArm | None] = {**FEDERATED_ARMS, **{a: None for a in IN_PROCESS_ARMS}}
     chosen_arms = list(known) if args.arms == "all" else args.arms.split(",")
     if unknown := sorted(set(chosen_arms) - set(known)):
