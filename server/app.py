@@ -93,7 +93,7 @@ def main(grid: Grid, context: Context) -> None:
 
     def evaluate_due(server_round: int) -> bool:
         every = fed.evaluate_every
-        return server_round == fed.num_server_rounds or bool(every and server_round % every == 0)
+        return (server_round == fed.num_server_rounds and fed.final_evaluate) or bool(every and server_round % every == 0)
 
     sign = partial(sign_encoder, signing_key, run_key=state.run_key) if signing_key else None
     secagg = (SecAggTrain(grid, context, settings, fedavg, message_config, sign=sign, timeout=fed.round_timeout)

@@ -54,8 +54,11 @@ class FederationArgs:
     reply_poll: float = 0.2  # seconds between the server's pulls for replies (server.grid)
     resume: bool = False  # continue the run checkpointed in out-dir from its last completed round
     evaluate_every: int = 0  # also evaluate every k rounds (0: only after the last; costs a fine-tune)
+    final_evaluate: bool = True  # evaluate after the last round; false: the run only trains (a cold-start
+    # comparison scores its new sites itself)
     seed: int = 0  # seeds sampling, pretraining and every site's training
-    pretrained_path: str = ""  # encoder checkpoint; "" = pretrain on the synthetic corpus and cache it
+    pretrained_path: str = ""  # encoder checkpoint; "" = the one shipped for the run's model (shared/checkpoints),
+    # else pretrain now on the corpus and cache it
     cache_dir: str = ".cache"  # where a pretrained encoder is cached, keyed by its settings
     corpus_series: int = 1000  # KernelSynth series in the pretraining corpus
     corpus_length: int = 512  # points per corpus series
@@ -63,7 +66,8 @@ class FederationArgs:
     # series, TSMixup and KernelSynth: shared.corpus; needs the corpus dependency group)
     pretrain_epochs: int = 40  # of steps-per-epoch batches each; about a minute on one core
     exchange: str = "encoder"  # what travels: "encoder" (private heads) or "model" (fedavg_global arm)
-    init: str = "pretrained"  # starting encoder: "pretrained" or "random" (federated_scratch arm)
+    init: str = "pretrained"  # starting encoder: "pretrained" (pretrained-path, else the shipped checkpoint for
+    # the model, else pretrained now), "pretrain" (pretrained now on `corpus`, cached) or "random" (federated_scratch)
     out_dir: str = "runs/latest"  # global checkpoints and per-site results
     state_dir: str = ""  # simulation: each site's private state under here ("" = OUT_DIR/sites)
     aggregation: str = "fedavg"  # "fedavg" (weighted by training windows), "median" or "trimmed-mean"

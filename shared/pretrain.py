@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import replace
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.checkpoint import load_model, save_model
+from shared import wire
+from shared.checkpoint import load_model, save_model, write_atomic
 from shared.config import Settings, TrainArgs
 from shared.corpus import SHARES, SOURCES, mixed_corpus
 from shared.data import Splits, Windows, read_long, regularize
@@ -19,14 +21,20 @@ from shared.synthetic import kernel_synth
 from shared.train import train_shared
 
 VAL_SHARE = 0.1  # share of corpus series held out (whole series) for early stopping
-RECIPE = 4  # part of the cache key: raise it when pretraining code changes what it makes
+SHIPPED_DIR = Path(__file__).with_name("checkpoints")  # pretrained encoders shipped with the product
+SHIPPED_FORMAT = "fedts-encoder/1"
+RECIPE = 5  # part of the cache key: raise it when pretraining code changes what it makes
 
 
 def series_windows(series: list[np.ndarray], lookback: int, horizon: int, per_series: int, seed: int) -> Windows:
-    """Up to `per_series` random windows from each series (all its windows when it has fewer)."""
+    """Up to `per_series` random windows from each series (all its windows when it has fewer), each series
+    standardised first: the model normalises every window anyway, and the validation MAE that stops
+    pretraining then weighs every series alike instead of by its units."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for values in series:
+    for raw in series:
+        std = float(np.std(raw))
+        values = (raw - np.mean(raw)) / (std if std > 0 else 1.0)
         n_origins = len(values) - lookback - horizon + 1
         if n_origins < 1:
             continue
@@ -106,16 +114,64 @@ def cached_pretrain(cache_dir: str | Path, args: ModelArgs, train: TrainArgs, n_
     return model, meta, path
 
 
+def write_shipped(path: str | Path, model: Forecaster, meta: dict) -> str:
+    """Write a pretrained encoder as a shipped checkpoint (JSON: Flower packages an App's .json files, not
+    binary ones, and at most 1 MB each): its model arguments, the encoder's float32 weights as one base64
+    array in a named layout, their SHA-256, and how it was made. Returns the SHA-256."""
+    state = model.encoder.state_dict()
+    flat = wire.pack(state)[wire.KEY].numpy().astype("<f4")
+    digest = hashlib.sha256(flat.tobytes()).hexdigest()
+    payload = {"format": SHIPPED_FORMAT, "model_args": model.args.to_dict(), "layout": wire.dumps(wire.layout_of(state)),
+               "sha256": digest, "meta": meta, "weights": base64.b64encode(flat.tobytes()).decode()}
+    text = json.dumps(payload, indent=1, sort_keys=True)
+    write_atomic(path, lambda f: f.write(text.encode()))
+    return digest
+
+
+def read_shipped(path: str | Path) -> tuple[Forecaster, dict]:
+    """A shipped checkpoint's model (the encoder, a fresh head) and what it records; ValueError naming the file
+    if it is not one or its weights do not match their SHA-256."""
+    try:
+        payload = json.loads(Path(path).read_text())
+        if payload.get("format") != SHIPPED_FORMAT:
+            raise ValueError(f"format {payload.get('format')!r}, expected {SHIPPED_FORMAT!r}")
+        raw = base64.b64decode(payload["weights"])
+        if hashlib.sha256(raw).hexdigest() != payload["sha256"]:
+            raise ValueError("its weights do not match their SHA-256")
+        model = Forecaster(ModelArgs.from_dict(payload["model_args"]))
+        flat = torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32))
+        model.encoder.load_state_dict(wire.unpack({wire.KEY: flat}, wire.loads(payload["layout"])))
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a usable shipped checkpoint ({exc})") from exc
+    return model, {**payload["meta"], "sha256": payload["sha256"]}
+
+
+def shipped_for(args: ModelArgs) -> Path | None:
+    """The shipped checkpoint made for these model arguments (covariates aside), if there is one."""
+    wanted = args.without_covariates().to_dict()
+    for path in sorted(SHIPPED_DIR.glob("*.json")):
+        if json.loads(path.read_text()).get("model_args") == wanted:
+            return path
+    return None
+
+
 def initial_model(settings: Settings) -> tuple[Forecaster, dict]:
-    """The encoder to start from: the configured checkpoint, or one pretrained (and cached) now."""
+    """The encoder to start from. init "pretrained": `pretrained-path` if set, else the shipped checkpoint
+    made for the run's model (shared/checkpoints), else one pretrained now on the configured corpus (and
+    cached); "pretrain": pretrained now (cached) even where one is shipped; "random": random weights."""
     fed = settings.federation
     if fed.init == "random":
         torch.manual_seed(fed.seed)
         return Forecaster(settings.model), {"source": "random", "seed": fed.seed}
-    if fed.init != "pretrained":
-        raise ValueError(f"init must be 'pretrained' or 'random', not {fed.init!r}")
+    if fed.init not in ("pretrained", "pretrain"):
+        raise ValueError(f"init must be 'pretrained', 'pretrain' or 'random', not {fed.init!r}")
+    shipped = shipped_for(settings.model) if fed.init == "pretrained" and not fed.pretrained_path else None
+    if shipped is not None:
+        model, meta = read_shipped(shipped)
+        return with_covariates(model, settings.model), {"source": str(shipped), **meta}
     if fed.pretrained_path:
-        model, meta = load_model(fed.pretrained_path)
+        path = fed.pretrained_path
+        model, meta = read_shipped(path) if path.endswith(".json") else load_model(path)
         wanted = (settings.model.lookback, settings.model.horizon)
         if (model.args.lookback, model.args.horizon) != wanted:
             raise ValueError(f"{fed.pretrained_path}: made for lookback {model.args.lookback}, horizon "

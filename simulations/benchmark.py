@@ -3,6 +3,7 @@
     python -m simulations.benchmark beijing [--out DIR] [extra simulations.compare options]
     python -m simulations.benchmark nn5
     python -m simulations.benchmark coldstart-nn5
+    python -m simulations.benchmark coldstart-beijing
 
 Each preset is one `simulations.compare` command (printed before it runs); the report lands in
 `runs/benchmark-<name>/` unless --out says otherwise.
@@ -33,6 +34,12 @@ PRESETS = {
                       "--horizon", "14", "--val-size", "42", "--test-size", "42", "--stride", "7", "--cutoffs", "4",
                       "--spacing", "98", "--rounds", "3", "--new-sites", "0.25", "--new-history", "28,56,112",
                       "--set", "local-epochs=4"],
+    # cold start: a quarter of the stations new in each of 4 rotating folds, keeping 7, 14 or 30 days; the
+    # others 180 days; daily origins over the 28 days after each of 4 cutoffs 90 days apart
+    "coldstart-beijing": ["--data", str(DATA / "beijing_air" / "pm25_hourly.csv.gz"), "--history", "4320",
+                          "--lookback", "168", "--horizon", "24", "--val-size", "240", "--test-size", "672",
+                          "--stride", "24", "--cutoffs", "4", "--spacing", "2160", "--rounds", "3",
+                          "--new-sites", "0.25", "--new-history", "168,336,720", "--set", "local-epochs=4"],
 }
 
 

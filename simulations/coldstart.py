@@ -16,12 +16,12 @@ afterwards: each receives the final shared encoder and is tested on rolling orig
   - `pretrained_zero_shot` (the encoder before any round), `pooled_oracle` (one shared model of the
     established sites' windows pooled: the bound of the federation, pools private data), and with
     `--arms ...,federated_scratch` the federation from a random encoder (`federated_scratch_shared`).
-The established sites' rows (role "established") are what each scores in the run's last evaluation.
+The established sites only train (their own figures are those of the equal-history comparison); the
+prior they would report with `prior-histories` is computed here with the same function.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -86,13 +86,17 @@ def pooled_model(pretrained: Forecaster, established: dict[str, Splits], setting
     return model.eval()
 
 
-def read_prior(out: Path, histories: list[int]) -> dict[int, tuple[int, int]]:
-    """The new-site guard's prior a run's established sites reported (summary.json's new_site_prior)."""
-    reported = json.loads((out / "summary.json").read_text())["new_site_prior"]
-    missing = [h for h in histories if str(h) not in reported]
-    if missing:
-        raise RuntimeError(f"{out / 'summary.json'}: no site measured the shared forecast at histories {missing}")
-    return {h: (int(reported[str(h)]["wins"]), int(reported[str(h)]["sites"])) for h in histories}
+def prior(established: dict[str, pd.DataFrame], model: Forecaster, histories: list[int], val_size: int,
+          stride: int, season: int, stat_models: tuple[str, ...], margin: float) -> dict[int, tuple[int, int]]:
+    """What the established sites report with `prior-histories` (client.site.Site.short_history), computed
+    here with the same function: per history length, (sites where the shared forecast beat the alone option
+    they would pick with that history, by `margin`, on their validation windows; sites measured)."""
+    out = {}
+    for history in histories:
+        won = [short_history_evidence(frame, model, history, val_size, stride, season, stat_models).won(margin)
+               for frame in established.values()]
+        out[history] = (int(sum(won)), len(won))
+    return out
 
 
 def new_site_rows(name: str, frame: pd.DataFrame, cutoff: pd.Timestamp, history: int, models: dict[str, Forecaster],
@@ -208,13 +212,13 @@ def _sites(frame: pd.DataFrame, names: list[str]) -> dict[str, pd.DataFrame]:
 
 
 def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history: int, new_histories: list[int],
-        folds: int, arms: list[str], out: Path, federated: Callable[[dict, pd.DataFrame, pd.Timestamp, Path], list[dict]],
+        folds: int, arms: list[str], out: Path, federated: Callable[[dict, pd.DataFrame, pd.Timestamp, Path], None],
         log: Callable[[str], None], meta: dict) -> list[dict]:
     """Every fold at every cutoff; rewrites report.json and report.md after each; returns the summary.
 
-    `federated(run_config, established_frame, cutoff, work)` runs the App over the established sites'
-    slice and returns their result rows (simulations.compare.run_cutoff); the final shared encoder is
-    read from `work / "federated" / global_encoder.pt`.
+    `federated(run_config, established_frame, cutoff, work)` runs the App's rounds (no evaluation) over the
+    established sites' slice (simulations.compare.run_cutoff); the final shared encoder is read from
+    `work / "federated" / global_encoder.pt`.
     """
     started = time.monotonic()
     settings = Settings.from_config(config)
@@ -222,6 +226,7 @@ def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history:
     stat_models = tuple(settings.site.stat_models.split())
     by_site = _sites(frame, sorted(frame["site"].unique()))
     groups = deal_folds(list(by_site), folds, settings.federation.seed)
+    season = season_length(frame.attrs["freq"])
     torch.set_num_threads(1)
     pretrained, _ = initial_model(settings)
     pretrained.eval()
@@ -236,17 +241,13 @@ def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history:
             run_arms = ["federated"] + ([SCRATCH] if SCRATCH in arms else [])
             encoders = {}
             for arm in run_arms:
-                overrides = {"alone-dir": str(out / "work" / f"alone-c{index}"),
-                             "prior-histories": " ".join(map(str, new_histories))} | (
-                    {"init": "random"} if arm == SCRATCH else {})
-                result = federated({**config, **overrides}, est_frame, cutoff, work / arm)
-                if arm == "federated":
-                    rows += [{**r, "role": "established", "history": history, "cutoff": str(cutoff), "fold": fold}
-                             for r in result]
+                federated({**config, "final-evaluate": False} | ({"init": "random"} if arm == SCRATCH else {}),
+                          est_frame, cutoff, work / arm)
                 encoders[arm] = load_global(work / arm / "federated")
             before = {s: _slice(by_site[s], cutoff, history, 0) for s in established}
             shared = shared_model(encoders["federated"], model_args)
-            evidence = read_prior(work / "federated" / "federated", new_histories)
+            evidence = prior(before, shared, new_histories, data.val_size, data.stride, season, stat_models,
+                             settings.site.guard_margin)
             priors.append({"cutoff": str(cutoff), "fold": fold,
                            "prior": {str(h): {"wins": w, "sites": n} for h, (w, n) in evidence.items()}})
             splits = {s: make_splits(f, model_args.lookback, model_args.horizon, data.val_size, 0, data.stride,

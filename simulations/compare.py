@@ -8,7 +8,10 @@ naive and seasonal naive, AutoETS and AutoTheta, local_only, alone_best (the bes
 validation), pretrained_zero_shot, pretrained_only, pooled_oracle (pools private data), and the
 federated arms run through Flower's simulation engine: federated (the product), federated_scratch
 (random encoder), fedavg_global (whole model federated) and served (what each site's guard serves);
-with --dp-epsilons, federated_dp_eps<ε> and served_dp_eps<ε> (the product under central DP). Writes DIR/report.json, per_site.csv, report.md and plots.
+with --dp-epsilons, federated_dp_eps<ε> and served_dp_eps<ε> (the product under central DP); and
+reference_pretrained, an outside pretrained model zero-shot, when its optional group is installed
+(simulations.reference). Writes DIR/report.json, per_site.csv, report.md and plots. With
+--new-sites, the cold-start comparison instead (simulations.coldstart).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from shared.sites import plan_run, sites_splits
 from shared.model import Forecaster, ModelArgs
 from shared.config import TrainArgs
 from shared.train import anchor_head, fine_tune, round_seed
-from simulations import coldstart
+from simulations import coldstart, reference
 from simulations.report import write_report
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, ray_head, run_app
 
@@ -186,17 +189,24 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
             if spec.reports is None:
                 guards.append({"site": site, "alone_choice": ev.alone_choice, **ev.guard.to_dict()})
     local = [a for a in IN_PROCESS_ARMS if a in arms]
+    if local or reference.ARM in arms:
+        torch.set_num_threads(1)
+        full = sites_splits(part, settings.data, settings.model)
     if local:
         t0 = time.monotonic()
-        torch.set_num_threads(1)
         pretrained, _ = initial_model(settings)
-        full = sites_splits(part, settings.data, settings.model)
         workers = min(len(os.sched_getaffinity(0)), len(full))
         for arm, per_site in in_process_arms(settings, full, pretrained, workers).items():
             if arm in local:
                 results += [{"site": s, "arm": arm, **{m: v["test"][m] for m in METRICS}} for s, v in per_site.items()]
         seconds["in_process"] = time.monotonic() - t0
         log(f"  pretrained_zero_shot, pretrained_only, pooled_oracle: {seconds['in_process']:.0f} s", started)
+    if reference.ARM in arms:
+        t0 = time.monotonic()
+        per_site = reference.reference_scores(full, settings.model.horizon)
+        results += [{"site": s, "arm": reference.ARM, **{m: v["test"][m] for m in METRICS}} for s, v in per_site.items()]
+        seconds[reference.ARM] = time.monotonic() - t0
+        log(f"  {reference.ARM}: {seconds[reference.ARM]:.0f} s", started)
     return results, guards, rounds, seconds
 
 
@@ -298,11 +308,10 @@ def cold_start(args: argparse.Namespace, frame: pd.DataFrame, config: dict, hist
     cutoffs = cutoff_times(frame, history, test_size, args.cutoffs, spacing)
     stream = sys.stdout if args.verbose else None
 
-    def federated(run_config: dict, established: pd.DataFrame, cutoff: pd.Timestamp, work: Path) -> list[dict]:
+    def federated(run_config: dict, established: pd.DataFrame, cutoff: pd.Timestamp, work: Path) -> None:
         part = window_slice(established, cutoff, history, test_size)
-        rows, _, _, _ = run_cutoff(run_config | {"min-train-nodes": part["site"].nunique()}, part, work,
-                                   {"federated": FEDERATED_ARMS["federated"]}, started, stream)
-        return rows
+        run_cutoff(run_config | {"min-train-nodes": part["site"].nunique()}, part, work,
+                   {"federated": FEDERATED_ARMS["federated"]}, started, stream)
 
     meta = {"data": args.data or "built-in demo sites", "freq": frame.attrs["freq"], "cutoffs": args.cutoffs,
             "spacing": spacing, "rounds": args.rounds, "seed": args.seed, "new_sites": args.new_sites,
@@ -369,8 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     epsilons = [float(e) for e in args.dp_epsilons.split(",")] if args.dp_epsilons else []
     if args.new_sites:
         return cold_start(args, frame, config, histories, spacing, started)
-    known: dict[str, FederatedArm | None] = {**FEDERATED_ARMS, **{a: None for a in IN_PROCESS_ARMS}}
+    known: dict[str, FederatedArm | None] = {**FEDERATED_ARMS, **{a: None for a in IN_PROCESS_ARMS},
+                                             reference.ARM: None}
     chosen_arms = list(known) if args.arms == "all" else args.arms.split(",")
+    if reference.ARM in chosen_arms and not reference.available():
+        if args.arms != "all":
+            raise SystemExit(f"--arms {reference.ARM} needs the optional fracast package: {reference.INSTALL}")
+        chosen_arms.remove(reference.ARM)
+        log(f"{reference.ARM} left out: {reference.INSTALL} adds it", started)
     if unknown := sorted(set(chosen_arms) - set(known)):
         raise SystemExit(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     arm_specs = {a: known[a] for a in chosen_arms} | dp_arms(epsilons, args.dp_delta)

@@ -6,6 +6,8 @@ References: Fracast-0, https://github.com/ztxtech/fracast-0
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from shared.data import Splits
@@ -16,6 +18,11 @@ CAVEAT = ("an outside model (fracast 0.1.0, Apache-2.0), zero-shot; its pretrain
           "and fev data sets) may include the benchmark's data (NN5, Beijing air quality)")
 INSTALL = "pip install -e '.[reference]'"
 BATCH = 16  # windows per forward pass: the model pads every window to its 2,048-point context
+
+
+def available() -> bool:
+    """Whether fracast can be imported (the optional group `reference` is installed)."""
+    return importlib.util.find_spec("fracast") is not None
 
 
 def load_model():

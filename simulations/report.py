@@ -17,6 +17,7 @@ from matplotlib.ticker import PercentFormatter
 
 from shared.checkpoint import write_atomic, write_json
 from shared.guard import SIGN_TEST_P
+from simulations import reference
 
 PER_SITE_COLUMNS = ["site", "arm", "history", "mae", "rmse", "mase", "smape", "skill_vs_alone", "gain_vs_local", "cutoffs"]
 KEY_ARMS = ["local_only", "pretrained_zero_shot", "pretrained_only", "fedavg_global", "federated",
@@ -35,6 +36,7 @@ LEGEND = {
     "federated_scratch": "as federated, but the encoder starts from random weights (no pretraining)",
     "pooled_oracle": "one model trained on every site's data pooled, then fine-tuned at each site: "
                      "violates privacy, a reference only",
+    reference.ARM: reference.CAVEAT,
     "served": "what the guard serves the site: federated or its alone choice, decided on its judging validation windows",
 }
 _MPL = tuple(int(p) for p in _mpl_version.split(".")[:2])
@@ -43,7 +45,8 @@ SKILL_FLOOR = -1.0  # plots show skills below -100 % at -100 %, so one bad basel
 
 def arm_label(arm: str) -> str:
     """An arm's name for people; pooled_oracle always carries its privacy warning."""
-    return "pooled_oracle (pools private data)" if arm == "pooled_oracle" else arm
+    return {"pooled_oracle": "pooled_oracle (pools private data)",
+            reference.ARM: f"{reference.ARM} (outside model)"}.get(arm, arm)
 
 
 def arm_meaning(arm: str) -> str:

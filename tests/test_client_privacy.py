@@ -78,6 +78,17 @@ def test_evaluate_reply_carries_no_arrays(tiny_settings, tmp_path):
     assert {k: metrics[f"guard:{k.replace('_', '-')}"] for k in GUARD_FIELDS} == {k: kept[k] for k in GUARD_FIELDS}
 
 
+def test_an_evaluate_reply_with_prior_histories_adds_one_win_or_loss_per_length(tiny_settings, tmp_path):
+    _, msg = _message(tiny_settings, "evaluate")
+    context = _context(tmp_path, partition_id=1)
+    context.run_config["prior-histories"] = "48 96 100000"  # the last is longer than the site's history: skipped
+    reply = client_app(msg, context)
+    _assert_only_records(reply, arrays=0)
+    metrics = reply.content.metric_records["metrics"]
+    short = {k: v for k, v in metrics.items() if k.startswith("short-history:")}
+    assert set(short) == {"short-history:48", "short-history:96"} and set(short.values()) <= {0.0, 1.0}
+
+
 def test_deployment_node_needs_a_state_folder(tiny_settings, tmp_path):
     _, msg = _message(tiny_settings)
     context = Context(run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "x.csv")}, state=RecordDict(),

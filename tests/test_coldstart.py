@@ -95,9 +95,7 @@ def _fake_federation(seen: list, histories: list[int]):
         model = Forecaster(Settings.from_config(run_config).model)
         torch.save({"model_args": model.args.to_dict(), "encoder": model.encoder.state_dict(), "round": 1},
                    out / "global_encoder.pt")
-        prior = {str(h): {"wins": 5, "sites": 6} for h in histories}
-        (out / "summary.json").write_text(json.dumps({"new_site_prior": prior}))
-        return []
+
     return federated
 
 
@@ -119,8 +117,10 @@ def test_every_site_is_new_once_per_cutoff_and_its_series_never_reach_the_establ
     assert {r["history"] for r in new_rows} == set(histories)
     assert {"served", "federated_shared", "alone_best", "pooled_oracle", "pretrained_zero_shot"} <= {r["arm"] for r in new_rows}
     for guard in report["guard"]:  # a site with only a lookback has no own windows: the prior decides
+        assert guard["prior_sites"] == 6  # the fold's established sites
         if guard["history"] == 14:
-            assert guard["own_windows"] == 0 and guard["serve"] == "shared"
+            assert guard["own_windows"] == 0
+            assert guard["score"] == pytest.approx((guard["prior_wins"] + 1) / (guard["prior_sites"] + 2))
     assert {s["arm"] for s in summary} >= {"served", "federated_shared"}
 
 
