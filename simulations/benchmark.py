@@ -33,13 +33,13 @@ PRESETS = {
     "coldstart-nn5": ["--data", str(DATA / "nn5" / "nn5_daily.csv.gz"), "--history", "365", "--lookback", "28",
                       "--horizon", "14", "--val-size", "42", "--test-size", "42", "--stride", "7", "--cutoffs", "4",
                       "--spacing", "98", "--rounds", "3", "--new-sites", "0.25", "--new-history", "28,56,112",
-                      "--set", "local-epochs=4"],
+                      "--set", "local-epochs=10"],
     # cold start: a quarter of the stations new in each of 4 rotating folds, keeping 7, 14 or 30 days; the
     # others 180 days; daily origins over the 28 days after each of 4 cutoffs 90 days apart
     "coldstart-beijing": ["--data", str(DATA / "beijing_air" / "pm25_hourly.csv.gz"), "--history", "4320",
                           "--lookback", "168", "--horizon", "24", "--val-size", "240", "--test-size", "672",
                           "--stride", "24", "--cutoffs", "4", "--spacing", "2160", "--rounds", "3",
-                          "--new-sites", "0.25", "--new-history", "168,336,720", "--set", "local-epochs=4"],
+                          "--new-sites", "0.25", "--new-history", "168,336,720", "--set", "local-epochs=2"],
 }
 
 
