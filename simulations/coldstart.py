@@ -40,8 +40,12 @@ from shared.model import Forecaster, ModelArgs
 from shared.newsite import alone_predictions, own_val_size, pick_alone, short_history_evidence
 from shared.pretrain import initial_model
 from shared.train import linear_probe, predict, round_seed, train_shared
+from simulations.report import arm_colors, json_safe, plot_skill_vs_history, save_figure
 
 SCRATCH = "federated_scratch"
+PLOTTED = ("served", "federated_shared", "federated_personal", "federated_scratch_shared", "pooled_oracle",
+           "pretrained_zero_shot", "alone_hindsight", "auto_ets", "auto_theta", "naive", "seasonal_naive_7",
+           "seasonal_naive_24")
 
 
 def deal_folds(sites: list[str], folds: int, seed: int) -> list[list[str]]:
@@ -271,7 +275,11 @@ def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history:
                                  "complete": len(cutoff_rows) == len(cutoffs) * folds},
                       "cutoffs": cutoff_rows, "summary": summary, "time_to_accuracy": reached, "prior": priors,
                       "guard": guards, "per_cutoff": rows}
-            write_json(out / "report.json", report)
+            write_json(out / "report.json", json_safe(report))
             text = markdown(report)
             write_atomic(out / "report.md", lambda f: f.write(text.encode()))
+            if len(new_histories) > 1:
+                shown = pd.DataFrame([s for s in summary if s["arm"] in PLOTTED])
+                save_figure(plot_skill_vs_history(shown, arm_colors(sorted(shown["arm"].unique()))),
+                            out / "skill_vs_history.png")
     return summary

@@ -55,12 +55,12 @@ def arm_meaning(arm: str) -> str:
     return LEGEND.get(arm, "(no description)")
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON-safe copy: NaN and infinities become None, numpy scalars plain Python."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -260,6 +260,16 @@ def plot_val_loss(rounds: pd.DataFrame, colors: dict) -> Figure:
     return fig
 
 
+def save_figure(fig: Figure, path: Path) -> None:
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+
+
+def arm_colors(arms: list[str]) -> dict:
+    """A colour per arm, the key arms first (tab10's clearest colours, then tab20's light ones)."""
+    ordered = [a for a in KEY_ARMS if a in arms] + sorted(set(arms) - set(KEY_ARMS))
+    return {arm: colormaps["tab20"]((2 * i) % 20 + (i // 10) % 2) for i, arm in enumerate(ordered)}
+
+
 def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     """Write report.json, per_site.csv, report.md and the PNG plots into out_dir; return the paths written.
 
@@ -270,9 +280,7 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     per_site = _frame(report.get("per_site", []), PER_SITE_COLUMNS)
     summary = _frame(report.get("summary", []), ["arm", "history", "median_skill"])
     rounds = _frame(report.get("rounds", []), ["arm", "history", "round", "val_mae"]).dropna(subset=["val_mae"])
-    present = set(per_site["arm"]) | set(summary["arm"]) | set(rounds["arm"])
-    arms = [a for a in KEY_ARMS if a in present] + sorted(present - set(KEY_ARMS))  # key arms get the clearest colours
-    colors = {arm: colormaps["tab20"]((2 * i) % 20 + (i // 10) % 2) for i, arm in enumerate(arms)}  # tab10 first, then light
+    colors = arm_colors(sorted(set(per_site["arm"]) | set(summary["arm"]) | set(rounds["arm"])))
 
     latest = per_site[per_site["history"] == per_site["history"].max()]
     plots = [  # (file, whether there is something to show, how to draw it)
@@ -287,11 +295,10 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
         if not wanted:
             (out / name).unlink(missing_ok=True)  # a stale plot from an earlier report would mislead
             continue
-        fig = draw()
-        write_atomic(out / name, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+        save_figure(draw(), out / name)
         written.append(out / name)
 
-    write_json(out / "report.json", _clean(report))
+    write_json(out / "report.json", json_safe(report))
     write_atomic(out / "per_site.csv", lambda f: f.write(per_site.to_csv(index=False).encode()))
     write_atomic(out / "report.md", lambda f: f.write(markdown(report, written).encode()))
     return [out / "report.json", out / "per_site.csv", out / "report.md"] + written

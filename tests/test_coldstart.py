@@ -122,6 +122,7 @@ def test_every_site_is_new_once_per_cutoff_and_its_series_never_reach_the_establ
             assert guard["own_windows"] == 0
             assert guard["score"] == pytest.approx((guard["prior_wins"] + 1) / (guard["prior_sites"] + 2))
     assert {s["arm"] for s in summary} >= {"served", "federated_shared"}
+    assert (tmp_path / "skill_vs_history.png").stat().st_size > 0 and "| served |" in (tmp_path / "report.md").read_text()
 
 
 def test_a_site_with_only_a_lookback_of_history_joins_and_is_served(tmp_path):
