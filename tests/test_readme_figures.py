@@ -231,3 +231,41 @@ def test_known_ahead_product_table_matches_its_reports():
         assert report["config"]["run_config"]["futr-exog"] == "TEMP,PRES,DEWP,RAIN,WSPM", label
         assert int(report["config"]["run_config"].get("known-hidden", 0)) == int(hidden), label
         _check_served_row(label, federated, served, shares, worst, chosen, report)
+
+
+@pytest.mark.parametrize("doc, marker, name", [
+    ("README.md", "## New sites (cold start)", "coldstart-nn5"),
+    ("benchmarks.md", "## New sites: NN5, 111 ATMs", "coldstart-nn5"),
+    ("benchmarks.md", "## New sites: Beijing PM2.5, 12 stations", "coldstart-beijing"),
+])
+def test_cold_start_tables_match_their_reports(doc, marker, name):
+    """Each row: an arm, then per history length its median skill over alone_best (header: "N days")."""
+    text = _doc(doc)
+    if marker not in text:
+        pytest.skip(f"{doc} has no section {marker!r}")
+    summary = {(s["arm"], s["history"]): s for s in _report(name)["summary"]}
+    lines = text[text.index(marker):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| arm |"))
+    points = {"coldstart-nn5": 1, "coldstart-beijing": 24}[name]
+    histories = [int(cell.split()[0]) * points for cell in lines[start].strip("|").split("|")[1:]]
+    rows = _table_after(text, marker)
+    assert rows
+    for label, *cells in rows:
+        arm = label.split(" (")[0]
+        for history, cell in zip(histories, cells, strict=True):
+            if cell == "—":
+                assert (arm, history) not in summary, (arm, history)
+                continue
+            assert _percents(cell)[0] == round(100 * summary[(arm, history)]["median_skill"], 1), (arm, history)
+
+
+def test_pretraining_study_table_matches_its_report():
+    results = {r["variant"]: r for r in json.loads((ROOT / "benchmarks" / "pretraining" / "beijing.json").read_text())["results"]}
+    rows = _table_after(_doc("studies.md").replace("| variant |", "| arm |"), "## Pretraining: which corpus")
+    assert {row[0] for row in rows} == set(results)
+    for variant, _, _, epochs, seconds, val_mae, theta, simple in rows:
+        r = results[variant]
+        assert int(epochs) == r["epochs"] and int(seconds) == round(r["seconds"]), variant
+        assert float(val_mae) == round(r["corpus_val_mae"], 3), variant
+        assert _percents(theta)[0] == round(100 * r["skill_vs_theta"], 1), variant
+        assert _percents(simple)[0] == round(100 * r["skill_vs_simple"], 1), variant
