@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = pretrain(settings.model, replace(settings.train, max_epochs=fed.pretrain_epochs, seed=fed.seed),
                            fed.corpus_series, fed.corpus_length, fed.seed, args.public_data, corpus=fed.corpus)
     seconds = time.monotonic() - started
-    meta |= {"recipe": RECIPE, "seconds": seconds, "threads": args.threads, "torch": torch.__version__,
+    meta |= {"recipe": RECIPE, "seconds": seconds, "threads": args.threads, "torch": str(torch.__version__),
              "command": "python -m server.pretrain " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.ship:
         out = SHIPPED_DIR / f"{args.ship}.json"

@@ -15,6 +15,7 @@ from shared.model import Forecaster
 from shared.sites import read_sites, sites_splits
 from shared.synthetic import demo_sites
 from simulations.compare import _tune_and_score, _with_attrs, federated_rows, fresh_head, in_process_arms, main
+from simulations import reference
 from simulations.runner import RunError
 from tests.conftest import TINY
 
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.flower
 
 ARMS = {"naive", "seasonal_naive_24", "auto_ets", "auto_theta", "local_only", "alone_best",
         "pretrained_zero_shot", "pretrained_only", "fedavg_global", "federated", "federated_scratch",
-        "pooled_oracle", "served", "federated_dp_eps4", "served_dp_eps4"}
+        "pooled_oracle", "served", "federated_dp_eps4", "served_dp_eps4"} | (
+    {"reference_pretrained"} if reference.available() else set())  # the outside model, where installed
 MODEL_KEYS = ("lags", "patch-len", "patch-stride", "d-model", "n-heads", "n-layers", "d-ff", "corpus-series",
               "corpus-length", "pretrain-epochs", "max-epochs", "steps-per-epoch", "batch-size")
 

@@ -12,7 +12,7 @@ from shared.train import round_seed
 from shared.sites import read_sites, select_site
 from shared.data import DataError
 from shared.model import Forecaster
-from shared.train import linear_probe
+from shared.train import body_update
 
 
 def _site(settings, tmp_path, index=0):
@@ -37,8 +37,9 @@ def test_head_after_round_one_is_the_head_round_two_starts_with(tiny_settings, t
     assert not torch.equal(restored.head.mix, Forecaster(args).head.mix)
 
 
-def test_local_epochs_send_a_moved_encoder_and_keep_the_early_stopped_head(tiny_settings, tmp_path):
-    """With local-epochs, a round's update is the encoder trained alone after the head's probe."""
+def test_local_epochs_send_the_encoder_trained_on_its_own_forecast_and_leave_the_head(tiny_settings, tmp_path):
+    """With local-epochs, a round's update is the encoder alone trained on the shared forecast's loss
+    (body_update, the same seed); the head plays no part and is kept as it started."""
     site = _site(tiny_settings, tmp_path)
     args = tiny_settings.model
     encoder = Forecaster(args).encoder.state_dict()
@@ -46,10 +47,12 @@ def test_local_epochs_send_a_moved_encoder_and_keep_the_early_stopped_head(tiny_
     sent, metrics = site.train_round(args, train, encoder, 1)
     assert any(not torch.equal(v, encoder[k]) for k, v in sent.items())
     kept = torch.load(site.model_path, weights_only=True)["state_dict"]
-    probe = site.restore(args, encoder, at=step(1, "train"))  # the same fresh, anchored head
-    linear_probe(probe, divide(site.splits(args))[0], replace(train, seed=round_seed(train.seed, site.name, 1)))
-    for key, value in probe.head.state_dict().items():
-        assert torch.equal(kept[f"head.{key}"], value)  # the body phase left the probe's head as it was
+    expected = site.restore(args, encoder, at=step(1, "train"))  # the same fresh, anchored head
+    body_update(expected, divide(site.splits(args))[0], replace(train, seed=round_seed(train.seed, site.name, 1)), 1)
+    assert all(torch.equal(v, expected.encoder.state_dict()[k]) for k, v in sent.items())
+    for key, value in expected.head.state_dict().items():
+        assert torch.equal(kept[f"head.{key}"], value)
+    assert metrics["epochs"] == 1
 
 
 def test_a_repeated_phase_starts_from_the_same_head_and_a_new_run_from_a_fresh_one(tiny_settings, tmp_path):
@@ -61,10 +64,18 @@ def test_a_repeated_phase_starts_from_the_same_head_and_a_new_run_from_a_fresh_o
     first, _ = site.train_round(args, train, after_1, 2, run="r")
     again, _ = site.train_round(args, train, after_1, 2, run="r")  # round 2 once more, after a resume
     assert all(torch.equal(first[k], again[k]) for k in first)
-    # another run starts from a fresh anchored head, not from this run's
-    fresh = site.restore(args, encoder, run="other", at=step(2, "train"))
-    assert torch.equal(fresh.head.mix, site.restore(args, encoder, run="r", at=step(1, "train")).head.mix)
-    assert not torch.equal(fresh.head.mix, site.restore(args, encoder, run="r", at=step(3, "train")).head.mix)
+    # run "r" keeps a head of its own (here set by hand, so that it surely differs from a fresh one) ...
+    mine = site.restore(args, after_1, run="r", at=step(3, "train"))
+    with torch.no_grad():
+        mine.head.correction.weight.add_(1.0)
+    site.keep(mine, "r", step(2, "evaluate"))
+    kept = site.restore(args, after_1, run="r", at=step(3, "train")).head.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in mine.head.state_dict().items())
+    # ... and another run starts from a fresh anchored head, not from it
+    fresh = site.restore(args, after_1, run="other", at=step(3, "train")).head.state_dict()
+    first_head = site.restore(args, encoder, run="r", at=step(1, "train")).head.state_dict()
+    assert all(torch.equal(fresh[k], first_head[k]) for k in fresh)
+    assert not torch.equal(fresh["correction.weight"], kept["correction.weight"])
 
 
 def test_evaluation_reports_federated_next_to_every_alone_option(tiny_settings, tmp_path):
