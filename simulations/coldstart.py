@@ -243,15 +243,17 @@ def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history:
             est_frame = frame[frame["site"].isin(established)].reset_index(drop=True)
             est_frame.attrs = dict(frame.attrs)
             run_arms = ["federated"] + ([SCRATCH] if SCRATCH in arms else [])
-            encoders = {}
+            encoders, phases = {}, {}
             for arm in run_arms:
                 federated({**config, "final-evaluate": False} | ({"init": "random"} if arm == SCRATCH else {}),
                           est_frame, cutoff, work / arm)
                 encoders[arm] = load_global(work / arm / "federated")
+            phases["rounds"] = time.monotonic() - t0
             before = {s: _slice(by_site[s], cutoff, history, 0) for s in established}
             shared = shared_model(encoders["federated"], model_args)
             evidence = prior(before, shared, new_histories, data.val_size, data.stride, season, stat_models,
                              settings.site.guard_margin)
+            phases["prior"] = time.monotonic() - t0 - sum(phases.values())
             priors.append({"cutoff": str(cutoff), "fold": fold,
                            "prior": {str(h): {"wins": w, "sites": n} for h, (w, n) in evidence.items()}})
             splits = {s: make_splits(f, model_args.lookback, model_args.horizon, data.val_size, 0, data.stride,
@@ -260,15 +262,18 @@ def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history:
                       "pooled_oracle": pooled_model(pretrained, splits, settings)}
             if SCRATCH in encoders:
                 models["federated_scratch_shared"] = shared_model(encoders[SCRATCH], model_args)
+            phases["pooled"] = time.monotonic() - t0 - sum(phases.values())
             for site in new:
                 for h in new_histories:
                     site_rows, guard = new_site_rows(site, by_site[site], cutoff, h, models, settings, evidence[h],
                                                      stat_models)
                     rows += [{**r, "cutoff": str(cutoff), "fold": fold} for r in site_rows]
                     guards.append({**guard, "cutoff": str(cutoff), "fold": fold})
+            phases["new_sites"] = time.monotonic() - t0 - sum(phases.values())
             cutoff_rows.append({"index": index, "cutoff": str(cutoff), "fold": fold, "new_sites": new,
-                                "seconds": time.monotonic() - t0})
-            log(f"cutoff {index}, fold {fold}: {len(new)} new sites, {time.monotonic() - t0:.0f} s")
+                                "seconds": time.monotonic() - t0, "phase_seconds": phases})
+            log(f"cutoff {index}, fold {fold}: {len(new)} new sites, {time.monotonic() - t0:.0f} s ("
+                + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + ")")
             summary, reached = summarize(rows, new_histories)
             report = {"config": {**meta, "history": history, "new_histories": new_histories, "folds": folds,
                                  "total_seconds": time.monotonic() - started,

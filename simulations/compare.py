@@ -46,7 +46,7 @@ from shared.sites import plan_run, sites_splits
 from shared.model import Forecaster, ModelArgs
 from shared.config import TrainArgs
 from shared.train import anchor_head, fine_tune, round_seed
-from simulations import coldstart, reference
+from simulations import attack, coldstart, reference
 from simulations.report import write_report
 from simulations.runner import APP_DIR, RunError, exit_on_sigterm, ray_head, run_app
 
@@ -148,23 +148,28 @@ def in_process_arms(settings: Settings, full: dict[str, Splits], pretrained, wor
 
 
 def federated_rows(out_dir: Path) -> tuple[dict[str, SiteEvaluation], list[dict]]:
-    """(each site's last evaluation, train rows) of a finished run; RunError if it left none."""
+    """(each site's last evaluation, train rows) of a finished run; RunError if it left none. A train reply
+    the server left out (failed or rejected) is kept in its row; a site that failed to evaluate is an error."""
     path = out_dir / "per_site.json"
     if not path.exists():  # flwr run can end with code 0 when the simulation stops early
         raise RunError(f"{out_dir}: the run ended without per-site results; see {out_dir / 'flower' / 'flwr-run.log'}")
     rows = json.loads(path.read_text())
-    missing = [r["site"] for r in rows if "error" in r]
-    if missing:
-        raise RuntimeError(f"{out_dir}: sites failed: {sorted(set(missing))}")
+    failed = [r["site"] for r in rows if "error" in r and r["phase"] == "evaluate"]
+    if failed:
+        raise RuntimeError(f"{out_dir}: sites failed to evaluate: {sorted(set(failed))}")
     last = {r["site"]: SiteEvaluation.from_row(r) for r in rows if r["phase"] == "evaluate"}
-    return last, [r for r in rows if r["phase"] == "train"]
+    if not last:  # it stopped before evaluating (e.g. too few usable replies), yet flwr run may end with code 0
+        raise RunError(f"{out_dir}: the run ended before any site evaluated; see {out_dir / 'flower' / 'flwr-run.log'}")
+    return last, [r for r in rows if r["phase"] == "train"]  # a train reply left out carries its "error"
 
 
 def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict[str, FederatedArm | None],
-               started: float, stream) -> tuple[list[dict], list[dict], list[dict], dict[str, float]]:
+               started: float, stream, app: tuple[Path, dict] = (APP_DIR, {})
+               ) -> tuple[list[dict], list[dict], list[dict], dict[str, float]]:
     """Every arm on one data slice: (result rows, guard rows, round rows, wall seconds per arm).
 
-    `arms`: the federated arms, and None for the in-process ones.
+    `arms`: the federated arms, and None for the in-process ones. `app`: the App the federated arms run
+    and run-config keys of its own (simulations.attack's copy; the product App by default).
     """
     work.mkdir(parents=True, exist_ok=True)
     data_path = work / "data.parquet"
@@ -177,12 +182,13 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
     for arm, spec in ((a, s) for a, s in arms.items() if s is not None):
         t0 = time.monotonic()
         out = work / arm
-        run_app({**base, **spec.overrides, "out-dir": str(out)}, n_sites, out / "flower", label=f"  {arm}",
-                verbose=stream is not None)
+        run_app({**base, **spec.overrides, "out-dir": str(out), **app[1]}, n_sites, out / "flower", label=f"  {arm}",
+                verbose=stream is not None, app_dir=app[0])
         last, train_rows = federated_rows(out)
         seconds[arm] = time.monotonic() - t0
         log(f"  {arm}: {seconds[arm]:.0f} s", started)
-        rounds += [{"arm": arm, "round": r["round"], "site": r["site"], "val_mae": r["val-mae"]} for r in train_rows]
+        rounds += [{"arm": arm, "round": r["round"], "site": r["site"], "val_mae": r.get("val-mae"),
+                    **({"error": r["error"]} if "error" in r else {})} for r in train_rows]
         for site, ev in last.items():
             for name, label in (spec.reports or {a: a for a in ev.arms}).items():
                 results.append({"site": site, "arm": label, **ev.arms[name].test})
@@ -292,9 +298,9 @@ def read_setup(args: argparse.Namespace) -> tuple[pd.DataFrame, dict, dict]:
 def cold_start(args: argparse.Namespace, frame: pd.DataFrame, config: dict, histories: list[int], spacing: int,
                started: float) -> int:
     """The cold-start comparison (simulations.coldstart) of the command's options."""
-    if not 0 < args.new_sites <= 0.5 or len(histories) != 1 or not args.new_history or args.resume:
+    if not 0 < args.new_sites <= 0.5 or len(histories) != 1 or not args.new_history or args.resume or args.attack:
         raise SystemExit("--new-sites takes a fraction in (0, 0.5], one --history (the established sites'), a "
-                         "--new-history list, and no --resume")
+                         "--new-history list, and no --resume or --attack")
     new_histories = sorted(int(h) for h in args.new_history.split(","))
     lookback, test_size = int(config["lookback"]), int(config["test-size"])
     if new_histories[0] < lookback or new_histories[-1] + int(config["val-size"]) > histories[0]:
@@ -360,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                         "others keep --history (simulations.coldstart)")
     parser.add_argument("--new-history", default="", help="cold start: comma-separated points of history a new "
                         "site keeps before the cutoff (each at least the lookback)")
+    parser.add_argument("--attack", default="", metavar="times-K", help="benchmarks only: the first site by name "
+                        "sends K times its honest encoder update in every round (simulations.attack)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     started = time.monotonic()
@@ -390,6 +398,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     arm_specs = {a: known[a] for a in chosen_arms} | dp_arms(epsilons, args.dp_delta)
     arms = list(arm_specs)
+    app: tuple[Path, dict] = (APP_DIR, {})
+    if args.attack:
+        try:
+            app = (attack.app_copy(APP_DIR, out / "attack-app"), {attack.SCALE: attack.parse(args.attack),
+                                                                  attack.PARTITION: 0})
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        log(f"attack: {sorted(frame['site'].unique())[0]} sends {args.attack} its honest update in every round",
+            started)
     log(f"{args.data or 'built-in demo sites'}: frequency {freq}, {frame['site'].nunique()} sites; "
         f"histories {histories}; settings " + ", ".join(f"{k}={config[k]}" for k in defaults), started)
     if warning := evidence_warning(int(config["val-size"]), int(config["horizon"]), int(config["stride"])):
@@ -397,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, guards, rounds, cutoff_rows = [], [], [], []
     wall: dict[str, float] = {}
-    fingerprint = json.dumps([args.data, args.max_sites, {a: spec and spec.overrides for a, spec in arm_specs.items()}, config], sort_keys=True, default=str)
+    fingerprint = json.dumps([args.data, args.max_sites, {a: spec and spec.overrides for a, spec in arm_specs.items()},
+                              config, args.attack], sort_keys=True, default=str)
     plan = [(history, index, cutoff) for history in histories
             for index, cutoff in enumerate(cutoff_times(frame, history, int(config["test-size"]), args.cutoffs, spacing))]
     for history, index, cutoff in plan:  # every slice's series long enough, before anything starts
@@ -418,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                     part = window_slice(frame, cutoff, history, int(config["test-size"]))
                     shutil.rmtree(work, ignore_errors=True)  # an unfinished earlier attempt: start it afresh
                     result, guard, round_rows, seconds = run_cutoff(config, part, work, arm_specs, started,
-                                                                    sys.stdout if args.verbose else None)
+                                                                    sys.stdout if args.verbose else None, app)
                     done = {"fingerprint": fingerprint, "sites": int(part["site"].nunique()), "results": result,
                             "guard": guard, "rounds": round_rows, "seconds": seconds}
                     write_json(work / "cutoff.json", done)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -15,7 +16,7 @@ from shared.model import Forecaster
 from shared.sites import read_sites, sites_splits
 from shared.synthetic import demo_sites
 from simulations.compare import _tune_and_score, _with_attrs, federated_rows, fresh_head, in_process_arms, main
-from simulations import reference
+from simulations import attack, reference
 from simulations.runner import RunError
 from tests.conftest import TINY
 
@@ -109,3 +110,29 @@ def test_compare_refuses_an_unknown_run_config_key_before_any_arm_runs(tmp_path)
 def test_a_run_that_ended_without_results_is_an_error_naming_its_log(tmp_path):
     with pytest.raises(RunError, match=r"ended without per-site results; see .*flower/flwr-run.log"):
         federated_rows(tmp_path / "federated")
+
+
+def test_an_attacking_site_is_caught_by_the_update_bound_and_the_others_are_aggregated(tmp_path):
+    """--attack times-100: the first site sends 100 times its update; with max-update-norm the server
+    rejects that reply (recorded with its reason in the report's rounds), and every site still evaluates."""
+    data = tmp_path / "sites.csv"
+    demo_sites(n_sites=3, length=24 * 30, seed=1).to_csv(data, index=False)
+    argv = ["--data", str(data), "--out", str(tmp_path / "report"), "--history", "264", "--cutoffs", "1",
+            "--rounds", "1", "--lookback", "48", "--horizon", "12", "--val-size", "96", "--test-size", "48",
+            "--stride", "12", "--arms", "federated", "--attack", "times-100", "--set", f"cache-dir={tmp_path / 'cache'}",
+            "--set", "local-epochs=1", "--set", "max-update-norm=10", "--set", "min-train-nodes=2"]
+    for key in MODEL_KEYS:
+        argv += ["--set", f"{key}={TINY[key]}"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    errors = {r["site"]: r.get("error") for r in report["rounds"]}
+    assert set(errors) == {"site00", "site01", "site02"}
+    assert re.fullmatch(r"rejected: update norm [\d.]+ above max-update-norm 10", errors["site00"]), errors
+    assert errors["site01"] is None and errors["site02"] is None
+    assert {r["site"] for r in report["per_site"] if r["arm"] == "federated"} == {"site00", "site01", "site02"}
+
+
+def test_an_attack_other_than_times_k_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(SystemExit, match=r"--attack 'plus-100': expected times-K with K > 1"):
+        main(["--out", str(tmp_path / "out"), "--arms", "federated", "--attack", "plus-100"])
+    assert attack.scaled(torch.zeros(3), torch.ones(3), 100.0).tolist() == [100.0, 100.0, 100.0]
