@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WINGS = ("server", "client", "simulations")
-HARNESS = {"simulations/local.py"}  # the in-process test harness runs both apps
+HARNESS = {"simulations/local.py",  # the in-process test harness runs both apps
+           "simulations/attack.py"}  # a benchmark-only ClientApp wrapping the App's
 
 
 def imports(path: Path) -> set[str]:

@@ -146,6 +146,40 @@ def test_a_serverapp_killed_mid_run_resumes_from_its_last_round(tmp_path):
     assert not _own_processes(out)
 
 
+def test_a_supernode_killed_mid_run_is_reported_missing_and_the_others_finish(tmp_path):
+    """One SuperNode of three is killed after round 1: with min-train-nodes 2 the run completes, its rounds
+    after the kill record the site as missing, and the two others evaluate."""
+    out = tmp_path / "pilot"
+    sites = slice_sites(read_sites(DataArgs(demo_sites=3, demo_length=TINY["demo-length"])), out / "data")
+    generate(out / "credentials", ["127.0.0.1", "localhost"], list(sites))
+    run_config = {**dict(s.split("=", 1) for s in SETTINGS), "num-server-rounds": 3, "min-train-nodes": 2,
+                  "round-timeout": 20.0, "out-dir": str(out / "server"), "cache-dir": str(APP_DIR / ".cache"),
+                  "sign-key": str(out / "credentials" / "coordinator" / "signing.key")}
+    with Pilot(out) as pilot:
+        pilot.superlink()
+        for site in sites:
+            pilot.register(site)
+        pilot.join(sites)
+        failed = []
+        run = threading.Thread(target=lambda: _record_failure(failed, pilot.run, run_config))
+        run.start()
+        killed_after = _wait_for_round(out / "server" / "server_state.pt", 1, run.is_alive)["round"]
+        for proc in psutil.Process(pilot.supernodes["site02"].pid).children(recursive=True):
+            proc.kill()
+        pilot.supernodes["site02"].kill()
+        run.join(timeout=600)
+        assert not run.is_alive() and not failed, failed
+    rows = json.loads((out / "server" / "per_site.json").read_text())
+    assert {r["site"] for r in rows if "error" in r} == {"site02"}
+    assert any(r["site"] == "site02" and r["round"] > killed_after and "error" in r for r in rows)
+    assert {(r["round"], r["site"]) for r in rows if r["phase"] == "train" and "error" not in r} >= {
+        (n, s) for n in range(killed_after + 1, 4) for s in ("site00", "site01")}
+    summary = json.loads((out / "server" / "summary.json").read_text())
+    assert [r["site"] for r in summary["sites"]] == ["site00", "site01"]
+    assert {r["site"] for r in summary["missing"]} == {"site02"}
+    assert not _own_processes(out)
+
+
 def _record_failure(failed, fn, *args):
     try:
         fn(*args)
