@@ -29,7 +29,7 @@ from shared import wire
 from shared.checkpoint import write_json
 from shared.config import FederationArgs
 from shared.signing import SIGNATURE, Reply, Roster, reply_records
-from shared.updates import Rejected, State, aggregate, check_settings, check_update, training_windows
+from shared.updates import Rejected, State, aggregate, check_settings, check_update, training_windows, update_norm
 
 
 class TooFewSites(RuntimeError):
@@ -58,15 +58,16 @@ class SiteLog:
         return str(reply.content.config_records.get("site", {}).get("name", self.name(node)))
 
     def add(self, server_round: int, phase: str, replies: list[Message], sent: list[Message],
-            rejected: Mapping[int, str] | None = None) -> None:
+            rejected: Mapping[int, str] | None = None, norms: Mapping[int, float] | None = None) -> None:
         """Record the replies to the messages `sent` in this phase, and a row for each silent node.
 
-        `rejected` maps the node of each reply left out of aggregation to the reason.
+        `rejected` maps the node of each reply left out of aggregation to the reason; `norms` the node of
+        each accepted train reply to its update's L2 norm (`update-norm`, what max-update-norm bounds).
 
         An error reply made by the SuperLink (e.g. node unavailable) comes from the SuperLink
         itself: its node is the one the replied-to message was sent to.
         """
-        rejected = rejected or {}
+        rejected, norms = rejected or {}, norms or {}
         node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
         rows, replied = [], set()
         for msg in replies:
@@ -82,6 +83,8 @@ class SiteLog:
                 row |= {"site": self.names[node], **metrics, **info}
                 if node in rejected:
                     row["error"] = rejected[node]
+                elif node in norms:
+                    row["update-norm"] = norms[node]
             rows.append(row)
         for node in sorted({m.metadata.dst_node_id for m in sent} - replied):
             rows.append({"round": server_round, "phase": phase, "node_id": node, "site": self.name(node),
@@ -151,10 +154,10 @@ class EncoderFedAvg(FedAvg):
         return messages
 
     def _record(self, server_round: int, phase: str, replies: list[Message],
-                rejected: Mapping[int, str] | None = None) -> None:
+                rejected: Mapping[int, str] | None = None, norms: Mapping[int, float] | None = None) -> None:
         """Log the phase's rows; TooFewSites if its usable replies are fewer than the phase's minimum."""
         rejected = rejected or {}
-        self.log.add(server_round, phase, replies, self._sent.pop((server_round, phase), []), rejected)
+        self.log.add(server_round, phase, replies, self._sent.pop((server_round, phase), []), rejected, norms)
         usable = sum(not m.has_error() and m.metadata.src_node_id not in rejected for m in replies)
         minimum = self.min_train_nodes if phase == "train" else self.min_evaluate_nodes
         if usable < minimum:
@@ -198,7 +201,7 @@ class EncoderFedAvg(FedAvg):
         replies = list(replies)
         answers = sorted(((self.log.site_of(m), m) for m in replies if not m.has_error()),
                          key=lambda answer: (answer[0], answer[1].metadata.src_node_id))
-        accepted, updates, weights, rejected, signers = [], [], [], {}, set()
+        accepted, updates, weights, rejected, signers, norms = [], [], [], {}, set(), {}
         for site, reply in answers:
             try:
                 self._admitted(server_round, "train", site, reply, signers)
@@ -209,7 +212,8 @@ class EncoderFedAvg(FedAvg):
             accepted.append(reply)
             updates.append(update)
             weights.append(windows)
-        self._record(server_round, "train", replies, rejected)
+            norms[reply.metadata.src_node_id] = update_norm(update)
+        self._record(server_round, "train", replies, rejected, norms)
         self.accepted = accepted
         self.round_times[server_round] = time.monotonic() - self._round_start
         if not accepted:

@@ -187,7 +187,8 @@ def summarize(rows: list[dict], histories: list[int]) -> tuple[list[dict], dict]
 def markdown(report: dict) -> str:
     cfg = report["config"]
     lines = ["# Cold start: new sites joining established ones", "",
-             f"Data: {cfg['data']}; {cfg['folds']} folds x {len(report['cutoffs'])} cutoffs; established sites keep "
+             f"Data: {cfg['data']}; {cfg['folds']} folds x {len({c['cutoff'] for c in report['cutoffs']})} cutoffs; "
+             f"established sites keep "
              f"{cfg['history']} points, new sites {cfg['new_histories']}; {cfg['rounds']} rounds.",
              f"Command: `{cfg['command']}`", "",
              "Skill = 1 - MAE / MAE of alone_best (the alone option the new site picks on the last horizon of "
@@ -197,6 +198,13 @@ def markdown(report: dict) -> str:
     for r in sorted(report["summary"], key=lambda r: (r["history"], -r["median_skill"])):
         lines.append(f"| {r['arm']} | {r['history']} | {r['site_cutoffs']} | {r['median_skill']:+.1%} | "
                      f"{r['share_worse_5pct']:.0%} | {r['share_better_than_hindsight']:.0%} |")
+    alone = sorted({a for r in report["summary"] for a in r["median_skill_vs"]})
+    lines += ["", "Median skill over each alone option the new site has (each fitted on its own history):", "",
+              "| arm | history | " + " | ".join(alone) + " |", "|---|---|" + "---|" * len(alone)]
+    for r in sorted(report["summary"], key=lambda r: (r["history"], r["arm"])):
+        if r["arm"] in ("served", "federated_shared", "federated_personal", "pooled_oracle"):
+            lines.append(f"| {r['arm']} | {r['history']} | "
+                         + " | ".join(f"{r['median_skill_vs'][a]:+.1%}" for a in alone) + " |")
     t = report["time_to_accuracy"]
     need = t["median_history_alone_needs"]
     lines += ["", f"Time to accuracy: with {t['served_at_history']} points a new site is served a forecast that, "

@@ -188,7 +188,8 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
         seconds[arm] = time.monotonic() - t0
         log(f"  {arm}: {seconds[arm]:.0f} s", started)
         rounds += [{"arm": arm, "round": r["round"], "site": r["site"], "val_mae": r.get("val-mae"),
-                    **({"error": r["error"]} if "error" in r else {})} for r in train_rows]
+                    "update_norm": r.get("update-norm"), **({"error": r["error"]} if "error" in r else {})}
+                   for r in train_rows]
         for site, ev in last.items():
             for name, label in (spec.reports or {a: a for a in ev.arms}).items():
                 results.append({"site": site, "arm": label, **ev.arms[name].test})

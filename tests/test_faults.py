@@ -143,6 +143,10 @@ def test_a_bad_reply_is_rejected_with_its_reason_and_the_encoder_is_the_honest_s
     assert torch.isfinite(encoder).all()
     assert torch.equal(encoder, _encoder(honest["out"]))  # the faulty reply changed nothing
     assert honest["updates"].norm(dim=1).max() < MAX_UPDATE_NORM / 5  # the bound is far above honest updates
+    # each accepted reply's row carries its update's norm, the figure a coordinator sets max-update-norm from
+    norms = [r["update-norm"] for r in train if "error" not in r]
+    assert norms == pytest.approx(honest["updates"].norm(dim=1).tolist(), rel=1e-6)
+    assert "update-norm" not in train[-1]
 
 
 def test_under_median_a_x100_update_moves_the_encoder_no_further_than_the_honest_updates_spread(

@@ -225,7 +225,7 @@ def test_sites_with_other_metric_keys_aggregate_and_keep_their_own_rows(tmp_path
     assert dict(metrics) == {"sites": 3, "num-examples": 4}
     rows = {r["site"]: r for r in json.loads((tmp_path / "per_site.json").read_text())}
     assert set(rows["b"]) - set(rows["a"]) == {"extra"}
-    assert set(rows["node-13"]) == {"round", "phase", "node_id", "site", "num-examples"}
+    assert set(rows["node-13"]) == {"round", "phase", "node_id", "site", "num-examples", "update-norm"}
 
     full = _reply("a", 11, 48, None, "evaluate", **{"federated:test-mae": 1.5, "guard:serve-federated": 1.0})
     minimal = _reply(None, 13, 1, None, "evaluate")
