@@ -147,7 +147,7 @@ def in_process_arms(settings: Settings, full: dict[str, Splits], pretrained, wor
         pool.shutdown(cancel_futures=True)
 
 
-def federated_rows(out_dir: Path) -> tuple[dict[str, SiteEvaluation], list[dict]]:
+def federated_rows(out_dir: Path, evaluated: bool = True) -> tuple[dict[str, SiteEvaluation], list[dict]]:
     """(each site's last evaluation, train rows) of a finished run; RunError if it left none. A train reply
     the server left out (failed or rejected) is kept in its row; a site that failed to evaluate is an error."""
     path = out_dir / "per_site.json"
@@ -158,7 +158,7 @@ def federated_rows(out_dir: Path) -> tuple[dict[str, SiteEvaluation], list[dict]
     if failed:
         raise RuntimeError(f"{out_dir}: sites failed to evaluate: {sorted(set(failed))}")
     last = {r["site"]: SiteEvaluation.from_row(r) for r in rows if r["phase"] == "evaluate"}
-    if not last:  # it stopped before evaluating (e.g. too few usable replies), yet flwr run may end with code 0
+    if evaluated and not last:  # it stopped before evaluating (too few usable replies), yet flwr run ended with 0
         raise RunError(f"{out_dir}: the run ended before any site evaluated; see {out_dir / 'flower' / 'flwr-run.log'}")
     return last, [r for r in rows if r["phase"] == "train"]  # a train reply left out carries its "error"
 
@@ -184,7 +184,7 @@ def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict
         out = work / arm
         run_app({**base, **spec.overrides, "out-dir": str(out), **app[1]}, n_sites, out / "flower", label=f"  {arm}",
                 verbose=stream is not None, app_dir=app[0])
-        last, train_rows = federated_rows(out)
+        last, train_rows = federated_rows(out, evaluated=settings.federation.final_evaluate)
         seconds[arm] = time.monotonic() - t0
         log(f"  {arm}: {seconds[arm]:.0f} s", started)
         rounds += [{"arm": arm, "round": r["round"], "site": r["site"], "val_mae": r.get("val-mae"),

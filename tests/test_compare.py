@@ -136,3 +136,25 @@ def test_an_attack_other_than_times_k_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(SystemExit, match=r"--attack 'plus-100': expected times-K with K > 1"):
         main(["--out", str(tmp_path / "out"), "--arms", "federated", "--attack", "plus-100"])
     assert attack.scaled(torch.zeros(3), torch.ones(3), 100.0).tolist() == [100.0, 100.0, 100.0]
+
+
+def test_the_cold_start_comparison_runs_the_apps_rounds_and_reports_every_new_site(tmp_path):
+    """--new-sites through Flower: the established sites' rounds only train (final-evaluate false) and every
+    site is new once, at each history length."""
+    data = tmp_path / "sites.csv"
+    demo_sites(n_sites=4, length=24 * 30, seed=1).to_csv(data, index=False)
+    argv = ["--data", str(data), "--out", str(tmp_path / "report"), "--history", "264", "--cutoffs", "1",
+            "--rounds", "1", "--lookback", "48", "--horizon", "12", "--val-size", "96", "--test-size", "48",
+            "--stride", "12", "--new-sites", "0.5", "--new-history", "48,96", "--set", "local-epochs=1",
+            "--set", f"cache-dir={tmp_path / 'cache'}", "--set", "stat-models="]
+    for key in MODEL_KEYS:
+        argv += ["--set", f"{key}={TINY[key]}"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["config"]["complete"] and len(report["cutoffs"]) == 2
+    assert sorted(s for c in report["cutoffs"] for s in c["new_sites"]) == ["site00", "site01", "site02", "site03"]
+    served = {(r["site"], r["history"]) for r in report["per_cutoff"] if r["arm"] == "served"}
+    assert served == {(f"site0{i}", h) for i in range(4) for h in (48, 96)}
+    for work in (tmp_path / "report" / "work").iterdir():  # the rounds trained and nobody evaluated
+        rows = json.loads((work / "federated" / "federated" / "per_site.json").read_text())
+        assert {r["phase"] for r in rows} == {"train"} and not any("error" in r for r in rows)
