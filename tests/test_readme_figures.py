@@ -68,7 +68,7 @@ def test_benchmark_table_matches_its_report(name, marker):
 
 def test_readme_standing_table_matches_the_reports():
     """The README's one table: each arm's median skill on both benchmarks ("—": the arm is not in that
-    report), every arm but alone_best listed, and `served` equal to `alone_best` at every site-cutoff."""
+    report), every arm but alone_best listed, and how often the guard served the federated model."""
     reports = {name: _report(name) for name in ("beijing", "nn5")}
     summaries = {name: {s["arm"]: s for s in r["summary"]} for name, r in reports.items()}
     rows = _table_after(_doc("README.md"), "## Where it stands")
@@ -83,9 +83,11 @@ def test_readme_standing_table_matches_the_reports():
             for arm, median in zip(arms, _percents(cell), strict=True):
                 assert median == round(100 * summaries[name][arm]["median_skill"], 1), (name, arm)
                 seen[name].add(arm)
+    section = _doc("README.md").split("## Where it stands")[1].split("\n## ")[0]
     for name, report in reports.items():
         assert seen[name] == set(summaries[name]) - {"alone_best"}, name
-        assert {g["serve"] for g in report["guard"]} == {"alone_best"}, name
+        served = sum(g["serve"] == "federated" for g in report["guard"])
+        assert f"{served} of {len(report['guard'])}" in " ".join(section.split()), name  # the count the text gives
 
 
 def test_ceiling_table_matches_its_reports():
