@@ -146,6 +146,7 @@ def test_a_serverapp_killed_mid_run_resumes_from_its_last_round(tmp_path):
     assert not _own_processes(out)
 
 
+@pytest.mark.slow  # about 80 s; the default suite's tests/test_faults.py drops sites in simulation
 def test_a_supernode_killed_mid_run_is_reported_missing_and_the_others_finish(tmp_path):
     """One SuperNode of three is killed after round 1: with min-train-nodes 2 the run completes, its rounds
     after the kill record the site as missing, and the two others evaluate."""
