@@ -271,3 +271,17 @@ def test_pretraining_study_table_matches_its_report():
         assert float(val_mae) == round(r["corpus_val_mae"], 3), variant
         assert _percents(theta)[0] == round(100 * r["skill_vs_theta"], 1), variant
         assert _percents(simple)[0] == round(100 * r["skill_vs_simple"], 1), variant
+
+
+def test_robustness_study_table_matches_its_report():
+    report = json.loads((ROOT / "benchmarks" / "robustness" / "beijing.json").read_text())
+    runs = {(r["aggregation"], r["attack"]): r for r in report["runs"]}
+    text = _doc("benchmarks.md").replace("| aggregation |", "| arm |")
+    rows = _table_after(text, "## A hostile site: Beijing")
+    assert {(row[0], row[1]) for row in rows} == set(runs)
+    for aggregation, attack, federated, served, rejected, norm in rows:
+        r = runs[aggregation, attack]
+        assert _percents(federated)[0] == round(100 * r["federated"], 1), (aggregation, attack)
+        assert _percents(served)[0] == round(100 * r["served"], 1), (aggregation, attack)
+        assert int(rejected) == r["rejected"] and float(norm) == float(f"{r['largest_accepted_norm']:.3g}")
+    assert f"is {report['max_update_norm']:g}:" in text
