@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import pandas as pd
 import psutil
@@ -107,20 +108,28 @@ def _wait_for_round(state, at_least, alive, timeout=300):
     return torch.load(state, weights_only=True)
 
 
-def test_a_serverapp_killed_mid_run_resumes_from_its_last_round(tmp_path):
-    """The coordinator's ServerApp dies; `flwr run` with resume=true continues on the same federation."""
-    out = tmp_path / "pilot"
-    sites = slice_sites(read_sites(DataArgs(demo_sites=2, demo_length=TINY["demo-length"])), out / "data")
+@contextmanager
+def _joined(out, n_sites, **run_changes):
+    """A pilot federation of `n_sites` demo sites, every SuperNode joined; yields (pilot, sites, run config
+    of 3 rounds with min-train-nodes 2, the sites verifying the coordinator's signed encoders)."""
+    sites = slice_sites(read_sites(DataArgs(demo_sites=n_sites, demo_length=TINY["demo-length"])), out / "data")
     generate(out / "credentials", ["127.0.0.1", "localhost"], list(sites))
     run_config = {**dict(s.split("=", 1) for s in SETTINGS), "num-server-rounds": 3, "min-train-nodes": 2,
                   "out-dir": str(out / "server"), "cache-dir": str(APP_DIR / ".cache"),
-                  "sign-key": str(out / "credentials" / "coordinator" / "signing.key")}  # the sites verify
-    state = out / "server" / "server_state.pt"
+                  "sign-key": str(out / "credentials" / "coordinator" / "signing.key"), **run_changes}
     with Pilot(out) as pilot:
         pilot.superlink()
         for site in sites:
             pilot.register(site)
         pilot.join(sites)
+        yield pilot, sites, run_config
+
+
+def test_a_serverapp_killed_mid_run_resumes_from_its_last_round(tmp_path):
+    """The coordinator's ServerApp dies; `flwr run` with resume=true continues on the same federation."""
+    out = tmp_path / "pilot"
+    state = out / "server" / "server_state.pt"
+    with _joined(out, 2) as (pilot, sites, run_config):
         failed = []
         first_run = threading.Thread(target=lambda: _record_failure(failed, pilot.run, run_config))
         first_run.start()
@@ -151,16 +160,7 @@ def test_a_supernode_killed_mid_run_is_reported_missing_and_the_others_finish(tm
     """One SuperNode of three is killed after round 1: with min-train-nodes 2 the run completes, its rounds
     after the kill record the site as missing, and the two others evaluate."""
     out = tmp_path / "pilot"
-    sites = slice_sites(read_sites(DataArgs(demo_sites=3, demo_length=TINY["demo-length"])), out / "data")
-    generate(out / "credentials", ["127.0.0.1", "localhost"], list(sites))
-    run_config = {**dict(s.split("=", 1) for s in SETTINGS), "num-server-rounds": 3, "min-train-nodes": 2,
-                  "round-timeout": 20.0, "out-dir": str(out / "server"), "cache-dir": str(APP_DIR / ".cache"),
-                  "sign-key": str(out / "credentials" / "coordinator" / "signing.key")}
-    with Pilot(out) as pilot:
-        pilot.superlink()
-        for site in sites:
-            pilot.register(site)
-        pilot.join(sites)
+    with _joined(out, 3, **{"round-timeout": 20.0}) as (pilot, _, run_config):
         failed = []
         run = threading.Thread(target=lambda: _record_failure(failed, pilot.run, run_config))
         run.start()
