@@ -164,12 +164,12 @@ def federated_rows(out_dir: Path, evaluated: bool = True) -> tuple[dict[str, Sit
 
 
 def run_cutoff(settings_config: dict, part: pd.DataFrame, work: Path, arms: dict[str, FederatedArm | None],
-               started: float, stream, app: tuple[Path, dict] = (APP_DIR, {})
+               started: float, stream, app: tuple[Path | None, dict] = (None, {})
                ) -> tuple[list[dict], list[dict], list[dict], dict[str, float]]:
     """Every arm on one data slice: (result rows, guard rows, round rows, wall seconds per arm).
 
     `arms`: the federated arms, and None for the in-process ones. `app`: the App the federated arms run
-    and run-config keys of its own (simulations.attack's copy; the product App by default).
+    and run-config keys of its own (simulations.attack's copy; None: the product App).
     """
     work.mkdir(parents=True, exist_ok=True)
     data_path = work / "data.parquet"
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     arm_specs = {a: known[a] for a in chosen_arms} | dp_arms(epsilons, args.dp_delta)
     arms = list(arm_specs)
-    app: tuple[Path, dict] = (APP_DIR, {})
+    app: tuple[Path | None, dict] = (None, {})
     if args.attack:
         try:
             app = (attack.app_copy(APP_DIR, out / "attack-app"), {attack.SCALE: attack.parse(args.attack),

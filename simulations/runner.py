@@ -227,7 +227,7 @@ def ray_head(timeout: float = 120.0):
 
 
 def run_app(run_config: dict, num_supernodes: int, workdir: Path, cpus_per_client: int = 1,
-            label: str = "", verbose: bool = False, app_dir: Path = APP_DIR) -> None:
+            label: str = "", verbose: bool = False, app_dir: Path | None = None) -> None:
     """Run this App (or the one at `app_dir`) in the simulation engine with `num_supernodes` sites and wait
     for it to end.
 
@@ -240,7 +240,7 @@ def run_app(run_config: dict, num_supernodes: int, workdir: Path, cpus_per_clien
     config_file = write_run_config(workdir / "run-config.toml", run_config)
     with superlink(workdir / "flwr-home", workdir / "superlink.log") as (_, env):
         command = [
-            "flwr", "run", str(app_dir), FEDERATION, "--stream",
+            "flwr", "run", str(app_dir or APP_DIR), FEDERATION, "--stream",
             "--run-config", str(config_file),
             "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}",
         ]
