@@ -7,7 +7,8 @@ own series, what the new-site guard would serve, and a forecast of the next hori
 
 --encoder is the coordinator's published encoder (the server's global_encoder.pt); --prior its
 summary.json, whose new_site_prior holds the established sites' evidence (how often the shared
-forecast beat their alone choice with short histories). The site needs at least one lookback of
+forecast beat, and lost by more than 5 % to, their alone choice with short histories; without it the
+site keeps its alone choice). The site needs at least one lookback of
 history. It picks its alone option on its last horizon; once its history holds validation windows
 beyond a lookback, it also compares the shared forecast with that choice on them. The decision
 (shared.guard.decide_new), with its figures, goes to --report (JSON). Nothing is sent anywhere.
@@ -25,7 +26,7 @@ import torch
 from client.forecast import OUT_SUFFIXES, Served, forecast_frame, write_table
 from shared.checkpoint import load_encoder, write_json
 from shared.data import DataError, read_long, regularize, season_length
-from shared.guard import decide_new
+from shared.guard import Prior, decide_new
 from shared.model import Forecaster, ModelArgs
 from shared.newsite import own_val_size, pick_alone, short_history_evidence
 from shared.sites import select_site
@@ -42,20 +43,21 @@ def read_encoder(path: Path) -> Forecaster:
     return model.eval()
 
 
-def read_prior(path: Path | None, history: int) -> tuple[int, int, int | None]:
-    """(wins, sites, history length measured) of the prior for a site with `history` points: the longest
-    length the established sites measured that does not exceed it, else the shortest; (0, 0, None) without one."""
+def read_prior(path: Path | None, history: int) -> tuple[Prior, int | None]:
+    """(prior, history length measured) for a site with `history` points: the longest length the established
+    sites measured that does not exceed it, else the shortest; (no trials, None) without one."""
     if path is None:
-        return 0, 0, None
+        return Prior(), None
     try:
-        reported = {int(h): v for h, v in json.loads(path.read_text())["new_site_prior"].items()}
-    except (OSError, KeyError, ValueError, AttributeError) as e:
-        raise DataError(f"{path}: no new_site_prior (a summary.json of a run with prior-histories set): {e}") from e
+        reported = {int(h): Prior(**v) for h, v in json.loads(path.read_text())["new_site_prior"].items()}
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: no valid new_site_prior (a summary.json of a run with prior-histories set): "
+                        f"{e}") from e
     if not reported:
         raise DataError(f"{path}: new_site_prior is empty (the run had no prior-histories)")
     fitting = [h for h in reported if h <= history]
     length = max(fitting) if fitting else min(reported)
-    return int(reported[length]["wins"]), int(reported[length]["sites"]), length
+    return reported[length], length
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                            args.val_size or 2 * margs.lookback)
         own = short_history_evidence(regular, model, history - val, val, args.stride or season, season, stats) \
             if val else None
-        wins, sites, measured = read_prior(args.prior, history)
-        decision = decide_new(history, wins, sites, own.shared_mae if own else [], own.alone_mae if own else [])
+        prior, measured = read_prior(args.prior, history)
+        decision = decide_new(history, prior, own.shared_mae if own else [], own.alone_mae if own else [])
         served = Served("shared", model, margs) if decision.serve == "shared" else \
             Served(f"alone_best: {choice}", choice, margs)
         forecast, _ = forecast_frame(frame, served, None)
@@ -104,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.report:
             write_json(args.report, figures)
         print(f"{site}: {history} points; serves {served.label} (score {decision.score:.2f}, threshold "
-              f"{decision.threshold}; prior {wins}/{sites} established sites, own wins {decision.own_wins}/"
-              f"{decision.own_windows}) -> {args.out}")
+              f"{decision.threshold}; loss share {decision.loss_share:.2f}, at most {decision.max_loss_share}; "
+              f"prior {prior.won} won, {prior.lost} lost of {prior.trials} trials at {prior.sites} established "
+              f"sites; own wins {decision.own_wins}/{decision.own_windows}) -> {args.out}")
     except (DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

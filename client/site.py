@@ -34,7 +34,7 @@ from shared.data import GapReport, Splits, Windows, regularize, season_length
 from shared.guard import decide, divide
 from shared.scoring import model_scores, scores
 from shared.model import Forecaster, ModelArgs
-from shared.newsite import short_history_evidence
+from shared.newsite import short_history_cases, tally
 from shared.results import ArmScores, SiteEvaluation
 from shared.sealing import SealError
 from shared.sites import site_splits
@@ -206,19 +206,22 @@ class Site:
         return SiteEvaluation({arm: ArmScores.of(result) for arm, result in arms.items()}, decision,
                               alone["best"], self.gaps.filled, len(splits.test), short)
 
-    def short_history(self, model: Forecaster) -> dict[int, bool]:
-        """Per `prior-histories` length: whether the shared forecast beat the alone option this site would
-        pick with only that much history, on its validation windows (its test period is left out); lengths
-        its history cannot hold before validation are skipped."""
+    def short_history(self, model: Forecaster) -> dict[int, Prior]:
+        """Per `prior-histories` length: this site's trials of the shared forecast against the alone option
+        it would pick with only that much history (shared.newsite: its validation period and earlier ones;
+        its test period is left out); lengths its history cannot hold before validation are skipped."""
         data = self.data
         before_test = self.frame[self.frame.groupby("unique_id").cumcount(ascending=False) >= data.test_size]
         before_test.attrs = dict(self.frame.attrs)
-        shortest = int(before_test.groupby("unique_id").size().min())
         season = season_length(self.frame.attrs["freq"])
         stats = tuple(self.options.stat_models.split())
-        return {h: short_history_evidence(before_test, model, h, data.val_size, data.stride, season, stats)
-                .won(self.options.guard_margin)
-                for h in self.options.histories if model.args.lookback <= h <= shortest - data.val_size}
+        out = {}
+        for h in self.options.histories:
+            cases = short_history_cases(before_test, model.args, h, data.val_size, data.stride, season, stats) \
+                if h >= model.args.lookback else []
+            if cases:
+                out[h] = tally([case.judge(model) for case in cases], self.options.guard_margin)
+        return out
 
     def alone(self, args: ModelArgs, train: TrainArgs, splits: Splits, fit: Splits) -> dict:
         """Every option the site has alone, scored, and the best on validation (cached in alone.json).

@@ -114,7 +114,7 @@ def main(grid: Grid, context: Context) -> None:
                     "total": time.monotonic() - started},
         "sites": site_table(fedavg.log.rows),
         "missing": fedavg.log.missing(),
-        "new_site_prior": {str(h): {"wins": w, "sites": n} for h, (w, n) in new_site_prior(fedavg.log.rows).items()},
+        "new_site_prior": {str(h): prior.to_dict() for h, prior in new_site_prior(fedavg.log.rows).items()},
         "privacy": privacy_summary(privacy, dp),
     })
 

@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import FedAvg
 from shared import wire
 from shared.checkpoint import write_json
 from shared.config import FederationArgs
+from shared.results import SiteEvaluation
 from shared.signing import SIGNATURE, Reply, Roster, reply_records
 from shared.updates import Rejected, State, aggregate, check_settings, check_update, training_windows, update_norm
 
@@ -230,6 +231,7 @@ class EncoderFedAvg(FedAvg):
         for reply in sorted((m for m in replies if not m.has_error()), key=lambda m: m.metadata.src_node_id):
             try:
                 self._admitted(server_round, "evaluate", self.log.site_of(reply), reply, signers)
+                _check_evaluation(reply)
             except ValueError as exc:
                 rejected[reply.metadata.src_node_id] = f"rejected: {exc}"
         self._record(server_round, "evaluate", replies, rejected)
@@ -246,3 +248,14 @@ class EncoderFedAvg(FedAvg):
         self.log.names = {int(k): v for k, v in state["names"].items()}
         self.round_times = {int(k): v for k, v in state["round_times"].items()}
         self.first_windows = {str(k): int(v) for k, v in state["first_windows"].items()}
+
+
+def _check_evaluation(reply: Message) -> None:
+    """Rejected unless an evaluate reply's figures read back as a site's evaluation (or hold none: minimal
+    reports), so one malformed reply cannot break the summary or the new-site prior."""
+    row = {**dict(next(iter(reply.content.metric_records.values()), {})),
+           **dict(reply.content.config_records.get("site", {}))}
+    try:
+        SiteEvaluation.from_row(row)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Rejected(f"malformed evaluation figures: {exc!r}") from exc

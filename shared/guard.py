@@ -89,6 +89,31 @@ def divide(splits: Splits) -> tuple[Splits, np.ndarray]:
 
 PRIOR_WEIGHT = 8  # the established sites' evidence counts as this many of a new site's own validation windows
 NEW_SITE_THRESHOLD = 0.6  # share of (prior-weighted) wins the shared forecast needs to be served
+LOSS_MARGIN = 0.05  # an established trial the shared forecast "lost": its MAE above the alone choice's by more
+MAX_LOSS_SHARE = 0.1  # the (smoothed) share of lost trials above which a new site keeps its alone choice
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Established sites' short-history trials at one history length, summed over sites (shared.newsite):
+    a trial is one period of a site's own data cut to that history, judged on its windows."""
+
+    won: int = 0  # the shared forecast's MAE at least the guard margin below the alone choice's
+    lost: int = 0  # above it by more than LOSS_MARGIN
+    trials: int = 0
+    sites: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.won, self.lost, self.sites) < 0 or self.won + self.lost > self.trials:
+            raise ValueError(f"prior {self}: won and lost trials must be non-negative and together at most the "
+                             f"trials")
+
+    def __add__(self, other: Prior) -> Prior:
+        return Prior(self.won + other.won, self.lost + other.lost, self.trials + other.trials,
+                     self.sites + other.sites)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -97,35 +122,42 @@ class NewSiteDecision:
 
     serve: str  # "shared" or "alone_best"
     history: int  # points of the site's own history
-    prior_wins: int  # established sites where the shared forecast beat their short-history alone choice
+    prior_won: int  # established trials the shared forecast won, lost by more than LOSS_MARGIN, in all
+    prior_lost: int
+    prior_trials: int
     prior_sites: int
     own_wins: int  # the site's own validation windows the shared forecast won
     own_windows: int
     score: float
+    loss_share: float
     threshold: float
+    max_loss_share: float
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def decide_new(history: int, prior_wins: int, prior_sites: int, shared: np.ndarray, alone: np.ndarray,
-               prior_weight: float = PRIOR_WEIGHT, threshold: float = NEW_SITE_THRESHOLD) -> NewSiteDecision:
-    """Serve the shared forecast at a site with little history when
+def decide_new(history: int, prior: Prior, shared: np.ndarray, alone: np.ndarray,
+               prior_weight: float = PRIOR_WEIGHT, threshold: float = NEW_SITE_THRESHOLD,
+               max_loss_share: float = MAX_LOSS_SHARE) -> NewSiteDecision:
+    """Serve the shared forecast at a site with little history when both
 
-        score = (prior_weight * (prior_wins + 1) / (prior_sites + 2) + own wins) / (prior_weight + own windows)
+        score      = (prior_weight * (won + 1) / (trials + 2) + own wins) / (prior_weight + own windows)
+        loss share = (lost + 1) / (trials + 2)
 
-    reaches `threshold`. The prior is the share of established sites (Laplace-smoothed) at which the
-    shared forecast beat the alone option they would have picked with `history` points; the site's own
-    validation windows (per-window MAEs of the shared forecast and of its alone choice, aligned) count
-    one each, so the decision moves to its own evidence as its history grows. No test data is used.
+    meet their bounds: score >= `threshold`, loss share <= `max_loss_share`. won, lost and trials are the
+    established sites' (Prior): how often the shared forecast beat the alone option they would have picked
+    with `history` points, and how often it lost to it by more than LOSS_MARGIN. The site's own validation
+    windows (per-window MAEs of the shared forecast and of its alone choice, aligned) count one each in the
+    score, so the decision moves to its own evidence as its history grows; the loss share bounds the risk
+    from what the established sites saw (without their evidence, 1/2: the site keeps alone). No test data.
     """
     shared, alone = np.asarray(shared, float), np.asarray(alone, float)
     if shared.shape != alone.shape:
         raise ValueError(f"validation errors differ in shape: {shared.shape} vs {alone.shape}")
-    if not 0 <= prior_wins <= prior_sites:
-        raise ValueError(f"prior wins {prior_wins} must lie in 0..{prior_sites} (established sites)")
     wins = int((shared < alone).sum())
-    prior = (prior_wins + 1) / (prior_sites + 2)
-    score = (prior_weight * prior + wins) / (prior_weight + len(shared))
-    return NewSiteDecision("shared" if score >= threshold else "alone_best", history, prior_wins, prior_sites,
-                           wins, len(shared), score, threshold)
+    score = (prior_weight * (prior.won + 1) / (prior.trials + 2) + wins) / (prior_weight + len(shared))
+    loss_share = (prior.lost + 1) / (prior.trials + 2)
+    serve = "shared" if score >= threshold and loss_share <= max_loss_share else "alone_best"
+    return NewSiteDecision(serve, history, prior.won, prior.lost, prior.trials, prior.sites, wins, len(shared),
+                           score, loss_share, threshold, max_loss_share)

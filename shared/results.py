@@ -7,8 +7,9 @@ knows the key format:
   "<arm>:val-mae", "<arm>:test-<metric>"   every arm the site scored (shared.metrics.METRICS)
   "guard:<field>"                           the guard's figures (shared.guard.GuardDecision)
   "filled-points", "num-examples"           gaps filled in its series, its test windows
-  "short-history:<points>"                  1 if the shared forecast beat the site's short-history alone
-                                            choice at that history length, else 0 (prior-histories)
+  "short-history:<points>:<won|lost|trials>"  at that history length, the site's trials the shared forecast
+                                            won and lost against its short-history alone choice, and their
+                                            number (shared.guard.Prior; prior-histories)
   text: "alone-choice", "serve"             its best alone option, what its guard serves
 """
 
@@ -19,11 +20,12 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-from shared.guard import GuardDecision
+from shared.guard import GuardDecision, Prior
 from shared.metrics import METRICS
 
 GUARD_PREFIX = "guard:"
 SHORT_PREFIX = "short-history:"
+SHORT_FIELDS = ("won", "lost", "trials")
 GUARD_FIELDS = tuple(f.name for f in fields(GuardDecision) if f.name != "serve")  # serve travels as text
 
 
@@ -55,13 +57,14 @@ class SiteEvaluation:
     alone_choice: str
     filled_points: int = 0
     test_windows: int = 0
-    short_history: dict[int, bool] = field(default_factory=dict)  # history length -> the shared forecast won
+    short_history: dict[int, Prior] = field(default_factory=dict)  # history length -> its trials (sites=1)
 
     def to_reply(self) -> tuple[dict[str, float], dict[str, str]]:
         """(metrics, text) of an evaluate reply."""
         metrics = {"num-examples": self.test_windows, "filled-points": self.filled_points,
                    **{GUARD_PREFIX + _kebab(name): float(getattr(self.guard, name)) for name in GUARD_FIELDS}}
-        metrics |= {f"{SHORT_PREFIX}{h}": float(won) for h, won in self.short_history.items()}
+        metrics |= {f"{SHORT_PREFIX}{h}:{name}": float(getattr(prior, name))
+                    for h, prior in self.short_history.items() for name in SHORT_FIELDS}
         for arm, score in self.arms.items():
             metrics[f"{arm}:val-mae"] = score.val_mae
             metrics |= {f"{arm}:test-{m}": v for m, v in score.test.items()}
@@ -79,7 +82,16 @@ class SiteEvaluation:
         return cls({arm: ArmScores(float(row[f"{arm}:val-mae"]), {m: float(row[f"{arm}:test-{m}"]) for m in METRICS})
                     for arm in arms}, guard, str(row["alone-choice"]), int(row.get("filled-points", 0)),
                    int(row.get("num-examples", 0)),
-                   {int(key[len(SHORT_PREFIX):]): bool(value) for key, value in row.items() if key.startswith(SHORT_PREFIX)})
+                   _short_history(row))
+
+
+def _short_history(row: Mapping) -> dict[int, Prior]:
+    counts: dict[int, dict[str, int]] = {}
+    for key, value in row.items():
+        if key.startswith(SHORT_PREFIX):
+            history, name = key[len(SHORT_PREFIX):].split(":")
+            counts.setdefault(int(history), {})[name] = int(value)
+    return {h: Prior(**{name: c[name] for name in SHORT_FIELDS}, sites=1) for h, c in sorted(counts.items())}
 
 
 def _kebab(name: str) -> str:
@@ -155,16 +167,15 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def new_site_prior(rows: list[dict]) -> dict[int, tuple[int, int]]:
-    """The new-site guard's prior from the server's per-site rows: per history length, (sites whose latest
-    evaluation found the shared forecast ahead of their short-history alone choice, sites that measured it)."""
+def new_site_prior(rows: list[dict]) -> dict[int, Prior]:
+    """The new-site guard's prior from the server's per-site rows: per history length, the trials of every
+    site's latest evaluation summed (shared.guard.Prior)."""
     latest: dict[str, SiteEvaluation] = {}
     for row in rows:
         if row["phase"] == "evaluate" and (evaluation := SiteEvaluation.from_row(row)) is not None:
             latest[row["site"]] = evaluation
-    prior: dict[int, tuple[int, int]] = {}
+    prior: dict[int, Prior] = {}
     for evaluation in latest.values():
-        for history, won in evaluation.short_history.items():
-            wins, sites = prior.get(history, (0, 0))
-            prior[history] = (wins + won, sites + 1)
+        for history, trials in evaluation.short_history.items():
+            prior[history] = prior.get(history, Prior()) + trials
     return dict(sorted(prior.items()))

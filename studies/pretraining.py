@@ -41,6 +41,8 @@ VARIANTS = {  # name: (corpus, model changes, training changes): pretraining sto
                        {"max_epochs": 200, "patience": 10, "steps_per_epoch": 100, "batch_size": 128}),
     "mixed-long-3layers": ("mixed", {"n_layers": 3},
                            {"max_epochs": 200, "patience": 10, "steps_per_epoch": 100, "batch_size": 128}),
+    "mixed-long-d96": ("mixed", {"d_model": 96, "d_ff": 192},
+                       {"max_epochs": 200, "patience": 10, "steps_per_epoch": 100, "batch_size": 128}),
 }
 
 
