@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.report, figures)
         print(f"{site}: {history} points; serves {served.label} (score {decision.score:.2f}, threshold "
               f"{decision.threshold}; loss share {decision.loss_share:.2f}, at most {decision.max_loss_share}; "
-              f"prior {prior.won} won, {prior.lost} lost of {prior.trials} trials at {prior.sites} established "
-              f"sites; own wins {decision.own_wins}/{decision.own_windows}) -> {args.out}")
+              f"prior: of {prior.sites} established sites {prior.won} won, {prior.lost} lost; own wins "
+              f"{decision.own_wins}/{decision.own_windows}) -> {args.out}")
     except (DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

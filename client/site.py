@@ -31,10 +31,10 @@ from shared.baselines import seasonal_naive, simple_name
 from shared.checkpoint import load_encoder, load_torch, read_json, save_model, write_atomic, write_json
 from shared.config import DataArgs, SiteArgs
 from shared.data import GapReport, Splits, Windows, regularize, season_length
-from shared.guard import decide, divide
+from shared.guard import Prior, decide, divide
 from shared.scoring import model_scores, scores
 from shared.model import Forecaster, ModelArgs
-from shared.newsite import short_history_cases, tally
+from shared.newsite import short_history_evidence
 from shared.results import ArmScores, SiteEvaluation
 from shared.sealing import SealError
 from shared.sites import site_splits
@@ -207,21 +207,18 @@ class Site:
                               alone["best"], self.gaps.filled, len(splits.test), short)
 
     def short_history(self, model: Forecaster) -> dict[int, Prior]:
-        """Per `prior-histories` length: this site's trials of the shared forecast against the alone option
-        it would pick with only that much history (shared.newsite: its validation period and earlier ones;
-        its test period is left out); lengths its history cannot hold before validation are skipped."""
+        """Per `prior-histories` length: whether the shared forecast beat, and whether it lost by more than
+        5 % to, the alone option this site would pick with only that much history, on its validation
+        windows (its test period is left out); lengths its history cannot hold before validation are skipped."""
         data = self.data
         before_test = self.frame[self.frame.groupby("unique_id").cumcount(ascending=False) >= data.test_size]
         before_test.attrs = dict(self.frame.attrs)
+        shortest = int(before_test.groupby("unique_id").size().min())
         season = season_length(self.frame.attrs["freq"])
         stats = tuple(self.options.stat_models.split())
-        out = {}
-        for h in self.options.histories:
-            cases = short_history_cases(before_test, model.args, h, data.val_size, data.stride, season, stats) \
-                if h >= model.args.lookback else []
-            if cases:
-                out[h] = tally([case.judge(model) for case in cases], self.options.guard_margin)
-        return out
+        return {h: short_history_evidence(before_test, model, h, data.val_size, data.stride, season, stats)
+                .report(self.options.guard_margin)
+                for h in self.options.histories if model.args.lookback <= h <= shortest - data.val_size}
 
     def alone(self, args: ModelArgs, train: TrainArgs, splits: Splits, fit: Splits) -> dict:
         """Every option the site has alone, scored, and the best on validation (cached in alone.json).

@@ -89,28 +89,25 @@ def divide(splits: Splits) -> tuple[Splits, np.ndarray]:
 
 PRIOR_WEIGHT = 8  # the established sites' evidence counts as this many of a new site's own validation windows
 NEW_SITE_THRESHOLD = 0.6  # share of (prior-weighted) wins the shared forecast needs to be served
-LOSS_MARGIN = 0.05  # an established trial the shared forecast "lost": its MAE above the alone choice's by more
-MAX_LOSS_SHARE = 0.1  # the (smoothed) share of lost trials above which a new site keeps its alone choice
+LOSS_MARGIN = 0.05  # an established site "lost" when the shared forecast's MAE is above its alone choice's by more
+MAX_LOSS_SHARE = 0.1  # the (smoothed) share of such sites above which a new site keeps its alone choice
 
 
 @dataclass(frozen=True)
 class Prior:
-    """Established sites' short-history trials at one history length, summed over sites (shared.newsite):
-    a trial is one period of a site's own data cut to that history, judged on its windows."""
+    """Established sites' short-history reports at one history length, summed (shared.newsite): at how many
+    the shared forecast won, lost by more than LOSS_MARGIN, of how many."""
 
     won: int = 0  # the shared forecast's MAE at least the guard margin below the alone choice's
     lost: int = 0  # above it by more than LOSS_MARGIN
-    trials: int = 0
     sites: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.won, self.lost, self.sites) < 0 or self.won + self.lost > self.trials:
-            raise ValueError(f"prior {self}: won and lost trials must be non-negative and together at most the "
-                             f"trials")
+        if min(self.won, self.lost) < 0 or self.won + self.lost > self.sites:
+            raise ValueError(f"prior {self}: won and lost must be non-negative and together at most the sites")
 
     def __add__(self, other: Prior) -> Prior:
-        return Prior(self.won + other.won, self.lost + other.lost, self.trials + other.trials,
-                     self.sites + other.sites)
+        return Prior(self.won + other.won, self.lost + other.lost, self.sites + other.sites)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,9 +119,8 @@ class NewSiteDecision:
 
     serve: str  # "shared" or "alone_best"
     history: int  # points of the site's own history
-    prior_won: int  # established trials the shared forecast won, lost by more than LOSS_MARGIN, in all
+    prior_won: int  # established sites where the shared forecast won, lost by more than LOSS_MARGIN, in all
     prior_lost: int
-    prior_trials: int
     prior_sites: int
     own_wins: int  # the site's own validation windows the shared forecast won
     own_windows: int
@@ -142,22 +138,22 @@ def decide_new(history: int, prior: Prior, shared: np.ndarray, alone: np.ndarray
                max_loss_share: float = MAX_LOSS_SHARE) -> NewSiteDecision:
     """Serve the shared forecast at a site with little history when both
 
-        score      = (prior_weight * (won + 1) / (trials + 2) + own wins) / (prior_weight + own windows)
-        loss share = (lost + 1) / (trials + 2)
+        score      = (prior_weight * (won + 1) / (sites + 2) + own wins) / (prior_weight + own windows)
+        loss share = (lost + 1) / (sites + 2)
 
-    meet their bounds: score >= `threshold`, loss share <= `max_loss_share`. won, lost and trials are the
-    established sites' (Prior): how often the shared forecast beat the alone option they would have picked
-    with `history` points, and how often it lost to it by more than LOSS_MARGIN. The site's own validation
-    windows (per-window MAEs of the shared forecast and of its alone choice, aligned) count one each in the
-    score, so the decision moves to its own evidence as its history grows; the loss share bounds the risk
-    from what the established sites saw (without their evidence, 1/2: the site keeps alone). No test data.
+    meet their bounds: score >= `threshold`, loss share <= `max_loss_share`. won, lost and sites are the
+    established sites' (Prior): at how many the shared forecast beat the alone option they would have picked
+    with `history` points, and lost to it by more than LOSS_MARGIN, on their validation windows. The site's
+    own validation windows (per-window MAEs of the shared forecast and of its alone choice, aligned) count
+    one each in the score, so the decision moves to its own evidence as its history grows; the loss share
+    bounds the risk by what the established sites saw (it needs at least 8 of them, none lost). No test data.
     """
     shared, alone = np.asarray(shared, float), np.asarray(alone, float)
     if shared.shape != alone.shape:
         raise ValueError(f"validation errors differ in shape: {shared.shape} vs {alone.shape}")
     wins = int((shared < alone).sum())
-    score = (prior_weight * (prior.won + 1) / (prior.trials + 2) + wins) / (prior_weight + len(shared))
-    loss_share = (prior.lost + 1) / (prior.trials + 2)
+    score = (prior_weight * (prior.won + 1) / (prior.sites + 2) + wins) / (prior_weight + len(shared))
+    loss_share = (prior.lost + 1) / (prior.sites + 2)
     serve = "shared" if score >= threshold and loss_share <= max_loss_share else "alone_best"
-    return NewSiteDecision(serve, history, prior.won, prior.lost, prior.trials, prior.sites, wins, len(shared),
-                           score, loss_share, threshold, max_loss_share)
+    return NewSiteDecision(serve, history, prior.won, prior.lost, prior.sites, wins, len(shared), score,
+                           loss_share, threshold, max_loss_share)

@@ -1,12 +1,11 @@
 """A site with little history: the alone option it can pick, and how the shared model compares with it.
 
 The same comparison serves two sides of the new-site guard (shared.guard.decide_new):
-- an established site cuts its own data to a short history before a period of `val_size` points and
-  measures the shared forecast against the alone option it would have picked with that little history,
-  on the period's windows. The periods are its validation period (which no round trained on) and up to
-  PERIODS - 1 earlier ones spread over its series (so one stretch of weather or one season does not
-  decide alone; rounds did train on those windows). It reports only counts per history length: trials
-  won, trials lost by more than shared.guard.LOSS_MARGIN, trials (`Prior`);
+- an established site cuts its own history to a short length, before its validation period, and
+  measures the shared forecast against the alone option it would have picked with that little
+  history, on its validation windows (which no round trained on); it reports only whether the
+  shared forecast won and whether it lost by more than shared.guard.LOSS_MARGIN, per history
+  length (`ShortHistoryEvidence.report`);
 - a new site measures the same on its own validation windows, once its history holds some.
 """
 
@@ -70,13 +69,10 @@ def alone_predictions(frame: pd.DataFrame, windows: Windows, n_history: int, hor
     return out
 
 
-PERIODS = 4  # periods per established site and history length (fewer where its series is too short)
-
-
 @dataclass(frozen=True)
 class ShortHistoryEvidence:
-    """At one site, period and history length: the shared forecast against the alone option picked with that
-    history (per-window MAEs on the period's windows)."""
+    """At one site and history length: the shared forecast against the alone option picked with that history
+    (per-window MAEs on the validation windows)."""
 
     history: int
     alone_choice: str
@@ -91,11 +87,15 @@ class ShortHistoryEvidence:
         """Whether the shared forecast's mean MAE is above the alone choice's by more than `margin`."""
         return bool(len(self.shared_mae)) and self.shared_mae.mean() > (1 + margin) * self.alone_mae.mean()
 
+    def report(self, margin: float) -> Prior:
+        """What an established site reports of it: won (by `margin`), lost, of one site."""
+        return Prior(int(self.won(margin)), int(self.lost()), 1)
+
 
 @dataclass(frozen=True)
 class ShortHistoryCase:
-    """One period of a site's data cut to `history` points before it: its windows and the alone choice's
-    errors on them (what does not depend on the shared model, so a simulation can reuse it)."""
+    """A site's validation windows with its history cut to `history` points before them, and the alone
+    choice's errors there: what does not depend on the shared model (a simulation reuses it)."""
 
     history: int
     alone_choice: str
@@ -130,34 +130,3 @@ def short_history_evidence(frame: pd.DataFrame, model: Forecaster, history: int,
     """The shared forecast against the alone choice on the last `val_size` points of a site's regularised
     frame, the site keeping only the `history` points before them."""
     return short_history_case(frame, model.args, history, val_size, stride, season, stat_models).judge(model)
-
-
-def period_ends(points: int, history: int, val_size: int, periods: int = PERIODS) -> list[int]:
-    """Points left out at the end of a series of `points` for each period (0: the last `val_size` points):
-    up to `periods` non-overlapping periods, each with `history` points before it, spread evenly."""
-    room = points - history - val_size
-    if room < 0:
-        return []
-    count = min(periods, 1 + room // val_size)
-    return [0] if count == 1 else [k * (room // (count - 1)) for k in range(count)]
-
-
-def short_history_cases(frame: pd.DataFrame, args: ModelArgs, history: int, val_size: int, stride: int, season: int,
-                        stat_models: tuple[str, ...], periods: int = PERIODS) -> list[ShortHistoryCase]:
-    """A site's cases at `history` points, one per period (period_ends over its shortest series); none when
-    its series cannot hold `history` points before a period."""
-    points = int(frame.groupby("unique_id").size().min())
-    offset = pd.tseries.frequencies.to_offset(frame.attrs["freq"])
-    last = frame.groupby("unique_id")["ds"].transform("max")
-    cases = []
-    for skipped in period_ends(points, history, val_size, periods):
-        part = frame[frame["ds"] <= last - skipped * offset].reset_index(drop=True)
-        part.attrs = dict(frame.attrs)
-        cases.append(short_history_case(part, args, history, val_size, stride, season, stat_models))
-    return cases
-
-
-def tally(evidence: list[ShortHistoryEvidence], margin: float) -> Prior:
-    """One site's report at one history length: its trials won (by `margin`), lost, in all."""
-    return Prior(sum(e.won(margin) for e in evidence), sum(e.lost() for e in evidence), len(evidence),
-                 1 if evidence else 0)

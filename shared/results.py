@@ -7,9 +7,8 @@ knows the key format:
   "<arm>:val-mae", "<arm>:test-<metric>"   every arm the site scored (shared.metrics.METRICS)
   "guard:<field>"                           the guard's figures (shared.guard.GuardDecision)
   "filled-points", "num-examples"           gaps filled in its series, its test windows
-  "short-history:<points>:<won|lost|trials>"  at that history length, the site's trials the shared forecast
-                                            won and lost against its short-history alone choice, and their
-                                            number (shared.guard.Prior; prior-histories)
+  "short-history:<points>:<won|lost>"       1 if the shared forecast beat (lost by more than 5 % to) the
+                                            site's short-history alone choice at that length (prior-histories)
   text: "alone-choice", "serve"             its best alone option, what its guard serves
 """
 
@@ -25,7 +24,7 @@ from shared.metrics import METRICS
 
 GUARD_PREFIX = "guard:"
 SHORT_PREFIX = "short-history:"
-SHORT_FIELDS = ("won", "lost", "trials")
+SHORT_FIELDS = ("won", "lost")
 GUARD_FIELDS = tuple(f.name for f in fields(GuardDecision) if f.name != "serve")  # serve travels as text
 
 
@@ -57,7 +56,7 @@ class SiteEvaluation:
     alone_choice: str
     filled_points: int = 0
     test_windows: int = 0
-    short_history: dict[int, Prior] = field(default_factory=dict)  # history length -> its trials (sites=1)
+    short_history: dict[int, Prior] = field(default_factory=dict)  # history length -> its report (sites=1)
 
     def to_reply(self) -> tuple[dict[str, float], dict[str, str]]:
         """(metrics, text) of an evaluate reply."""
@@ -168,14 +167,14 @@ def format_summary(summary: dict) -> str:
 
 
 def new_site_prior(rows: list[dict]) -> dict[int, Prior]:
-    """The new-site guard's prior from the server's per-site rows: per history length, the trials of every
-    site's latest evaluation summed (shared.guard.Prior)."""
+    """The new-site guard's prior from the server's per-site rows: per history length, every site's latest
+    report summed (shared.guard.Prior)."""
     latest: dict[str, SiteEvaluation] = {}
     for row in rows:
         if row["phase"] == "evaluate" and (evaluation := SiteEvaluation.from_row(row)) is not None:
             latest[row["site"]] = evaluation
     prior: dict[int, Prior] = {}
     for evaluation in latest.values():
-        for history, trials in evaluation.short_history.items():
-            prior[history] = prior.get(history, Prior()) + trials
+        for history, report in evaluation.short_history.items():
+            prior[history] = prior.get(history, Prior()) + report
     return dict(sorted(prior.items()))

@@ -17,9 +17,7 @@ afterwards: each receives the final shared encoder and is tested on rolling orig
     established sites' windows pooled: the bound of the federation, pools private data), and with
     `--arms ...,federated_scratch` the federation from a random encoder (`federated_scratch_shared`).
 The established sites only train (their own figures are those of the equal-history comparison); the
-prior they would report with `prior-histories` is computed here with the same functions (shared.newsite),
-and report.json's `prior` rows also hold the validation period's trials alone (the others lie in the
-windows the rounds trained on: the gap shows how optimistic they are).
+prior they would report with `prior-histories` is computed here with the same functions (shared.newsite).
 """
 
 from __future__ import annotations
@@ -39,8 +37,8 @@ from shared.data import Splits, Windows, make_splits, regularize, season_length
 from shared.guard import Prior, decide_new, divide
 from shared.metrics import METRICS, forecast_errors
 from shared.model import Forecaster, ModelArgs
-from shared.newsite import (ShortHistoryCase, alone_predictions, own_val_size, pick_alone, short_history_cases,
-                            short_history_evidence, tally)
+from shared.newsite import (ShortHistoryCase, alone_predictions, own_val_size, pick_alone, short_history_case,
+                            short_history_evidence)
 from shared.pretrain import initial_model
 from shared.train import linear_probe, predict, round_seed, train_shared
 from simulations.report import arm_colors, json_safe, plot_skill_vs_history, save_figure
@@ -93,21 +91,14 @@ def pooled_model(pretrained: Forecaster, established: dict[str, Splits], setting
     return model.eval()
 
 
-def prior(cases: dict[str, dict[int, list[ShortHistoryCase]]], model: Forecaster, margin: float
-          ) -> tuple[dict[int, Prior], dict[int, Prior]]:
+def prior(cases: dict[str, dict[int, ShortHistoryCase]], model: Forecaster, margin: float) -> dict[int, Prior]:
     """What the established sites report with `prior-histories` (client.site.Site.short_history), from their
-    cases (site -> history -> one per period, the validation period first): per history length, (the summed
-    tallies, the same of the validation period alone)."""
-    everything: dict[int, Prior] = {}
-    validation: dict[int, Prior] = {}
+    cases (site -> history -> case), summed per history length."""
+    out: dict[int, Prior] = {}
     for by_history in cases.values():
-        for history, site_cases in by_history.items():
-            if not site_cases:
-                continue
-            judged = [case.judge(model) for case in site_cases]
-            everything[history] = everything.get(history, Prior()) + tally(judged, margin)
-            validation[history] = validation.get(history, Prior()) + tally(judged[:1], margin)
-    return everything, validation
+        for history, case in by_history.items():
+            out[history] = out.get(history, Prior()) + case.judge(model).report(margin)
+    return dict(sorted(out.items()))
 
 
 def new_site_rows(name: str, frame: pd.DataFrame, cutoff: pd.Timestamp, history: int, models: dict[str, Forecaster],
@@ -212,23 +203,19 @@ def markdown(report: dict) -> str:
         if r["arm"] in ("served", "federated_shared", "federated_personal", "pooled_oracle"):
             lines.append(f"| {r['arm']} | {r['history']} | "
                          + " | ".join(f"{r['median_skill_vs'][a]:+.1%}" for a in alone) + " |")
-    lines += ["", "The new-site guard's evidence: established sites' trials summed over folds and cutoffs (all "
-              "periods; the validation period alone, which no round trained on), how often new sites were served "
-              "the shared model, and how often it lost by more than 5 % at new sites on test:", "",
-              "| history | established trials | won | lost | validation period: won | lost | new sites served "
-              "shared | shared worse by >5 % at new sites |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "The new-site guard's evidence: established sites' reports summed over folds and cutoffs (on "
+              "their validation windows), how often new sites were served the shared model, and how often it "
+              "lost by more than 5 % at new sites on test:", "",
+              "| history | established site-reports | won | lost by >5 % | new sites served shared | shared worse "
+              "by >5 % at new sites |", "|---|---|---|---|---|---|"]
     worse = {r["history"]: r["share_worse_5pct"] for r in report["summary"] if r["arm"] == "federated_shared"}
     for history in cfg["new_histories"]:
-        every = [Prior(**row["prior"][str(history)]) for row in report["prior"] if str(history) in row["prior"]]
-        first = [Prior(**row["validation_period"][str(history)]) for row in report["prior"]
-                 if str(history) in row["validation_period"]]
-        total, val = sum(every, Prior()), sum(first, Prior())
+        total = sum((Prior(**row["prior"][str(history)]) for row in report["prior"] if str(history) in row["prior"]),
+                    Prior())
         guards = [g for g in report["guard"] if g["history"] == history]
         served = sum(g["serve"] == "shared" for g in guards)
-        lines.append(f"| {history} | {total.trials} | {_share(total.won, total.trials)} | "
-                     f"{_share(total.lost, total.trials)} | {_share(val.won, val.trials)} | "
-                     f"{_share(val.lost, val.trials)} | {served} of {len(guards)} | "
-                     f"{worse[history]:.0%} |")
+        lines.append(f"| {history} | {total.sites} | {_share(total.won, total.sites)} | "
+                     f"{_share(total.lost, total.sites)} | {served} of {len(guards)} | {worse[history]:.0%} |")
     t = report["time_to_accuracy"]
     need = t["median_history_alone_needs"]
     lines += ["", f"Time to accuracy: with {t['served_at_history']} points a new site is served a forecast that, "
@@ -271,7 +258,7 @@ def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history:
     pretrained, _ = initial_model(settings)
     pretrained.eval()
     rows, guards, cutoff_rows, priors = [], [], [], []
-    cases: dict[tuple[str, int], dict[int, list[ShortHistoryCase]]] = {}  # (site, cutoff): alike in every fold
+    cases: dict[tuple[str, int], dict[int, ShortHistoryCase]] = {}  # (site, cutoff): alike in every fold
     for index, cutoff in enumerate(cutoffs):
         for fold, new in enumerate(groups):
             t0 = time.monotonic()
@@ -290,15 +277,12 @@ def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history:
             shared = shared_model(encoders["federated"], model_args)
             for s, f in before.items():
                 if (s, index) not in cases:
-                    cases[s, index] = {h: short_history_cases(f, model_args, h, data.val_size, data.stride, season,
-                                                              stat_models) if h >= model_args.lookback else []
-                                       for h in new_histories}
-            evidence, validation = prior({s: cases[s, index] for s in established}, shared,
-                                         settings.site.guard_margin)
+                    cases[s, index] = {h: short_history_case(f, model_args, h, data.val_size, data.stride, season,
+                                                             stat_models) for h in new_histories}
+            evidence = prior({s: cases[s, index] for s in established}, shared, settings.site.guard_margin)
             phases["prior"] = time.monotonic() - t0 - sum(phases.values())
             priors.append({"cutoff": str(cutoff), "fold": fold,
-                           "prior": {str(h): p.to_dict() for h, p in evidence.items()},
-                           "validation_period": {str(h): p.to_dict() for h, p in validation.items()}})
+                           "prior": {str(h): p.to_dict() for h, p in evidence.items()}})
             splits = {s: make_splits(f, model_args.lookback, model_args.horizon, data.val_size, 0, data.stride,
                                      covariates=model_args.futr_exog) for s, f in before.items()}
             models = {"federated_shared": shared, "pretrained_zero_shot": pretrained,

@@ -14,7 +14,7 @@ from shared.config import Settings
 from shared.data import regularize
 from shared.guard import MAX_LOSS_SHARE, PRIOR_WEIGHT, Prior, decide_new
 from shared.model import Forecaster
-from shared.newsite import own_val_size, period_ends, pick_alone, short_history_cases, short_history_evidence, tally
+from shared.newsite import ShortHistoryEvidence, own_val_size, pick_alone, short_history_evidence
 from shared.results import ArmScores, SiteEvaluation, new_site_prior
 from shared.guard import GuardDecision
 from simulations import coldstart
@@ -42,55 +42,45 @@ def _frame(sites: int = 8, days: int = 120) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("prior, own, serve", [
-    (Prior(9, 0, 10, 10), ([], []), "shared"),  # no own windows: the established sites decide
-    (Prior(1, 0, 10, 10), ([], []), "alone_best"),
-    (Prior(9, 0, 10, 10), ([2.0] * 20, [1.0] * 20), "alone_best"),  # 20 own windows all lost outweigh a strong prior
-    (Prior(1, 0, 10, 10), ([1.0] * 20, [2.0] * 20), "shared"),  # and 20 won a weak one
-    (Prior(7, 3, 10, 10), ([], []), "alone_best"),  # won often, but lost by >5 % too often
-    (Prior(7, 3, 10, 10), ([1.0] * 20, [2.0] * 20), "alone_best"),  # own wins do not lift the loss bound
-    (Prior(), ([1.0] * 20, [2.0] * 20), "alone_best"),  # no established evidence of the risk: alone
+    (Prior(9, 0, 10), ([], []), "shared"),  # no own windows: the established sites decide
+    (Prior(1, 0, 10), ([], []), "alone_best"),
+    (Prior(9, 0, 10), ([2.0] * 20, [1.0] * 20), "alone_best"),  # 20 own windows all lost outweigh a strong prior
+    (Prior(1, 0, 10), ([1.0] * 20, [2.0] * 20), "shared"),  # and 20 won a weak one
+    (Prior(8, 2, 10), ([], []), "alone_best"),  # won often, but lost by >5 % too often
+    (Prior(8, 2, 10), ([1.0] * 20, [2.0] * 20), "alone_best"),  # own wins do not lift the loss bound
+    (Prior(7, 0, 7), ([], []), "alone_best"),  # too few established sites to bound the risk
+    (Prior(), ([1.0] * 20, [2.0] * 20), "alone_best"),  # no established evidence at all: alone
 ])
 def test_the_new_site_guard_follows_its_stated_rule(prior, own, serve):
     decision = decide_new(56, prior, *own)
     assert decision.serve == serve
-    expected = (PRIOR_WEIGHT * (prior.won + 1) / (prior.trials + 2) + decision.own_wins) / (
+    expected = (PRIOR_WEIGHT * (prior.won + 1) / (prior.sites + 2) + decision.own_wins) / (
         PRIOR_WEIGHT + decision.own_windows)
     assert decision.score == pytest.approx(expected)
-    assert decision.loss_share == pytest.approx((prior.lost + 1) / (prior.trials + 2))
+    assert decision.loss_share == pytest.approx((prior.lost + 1) / (prior.sites + 2))
     assert (decision.score >= decision.threshold and decision.loss_share <= MAX_LOSS_SHARE) == (serve == "shared")
-    assert (decision.prior_won, decision.prior_lost, decision.prior_trials) == (prior.won, prior.lost, prior.trials)
+    assert (decision.prior_won, decision.prior_lost, decision.prior_sites) == (prior.won, prior.lost, prior.sites)
 
 
-def test_a_prior_holds_no_more_won_and_lost_trials_than_trials():
-    with pytest.raises(ValueError, match="at most the trials"):
-        Prior(6, 5, 10, 10)
+def test_a_prior_holds_no_more_won_and_lost_reports_than_sites():
+    with pytest.raises(ValueError, match="at most the sites"):
+        Prior(6, 5, 10)
     with pytest.raises(ValueError, match="non-negative"):
-        Prior(-1, 0, 10, 1)
-    assert Prior(1, 0, 4, 1) + Prior(2, 1, 4, 1) == Prior(3, 1, 8, 2)
+        Prior(-1, 0, 10)
+    assert Prior(1, 0, 1) + Prior(0, 1, 1) + Prior() == Prior(1, 1, 2)
 
 
-def test_established_periods_are_spread_over_the_series_and_never_overlap():
-    assert period_ends(100, 56, 42) == [0]  # room for the validation period only
-    assert period_ends(97, 56, 42) == []  # not even that
-    assert period_ends(365, 28, 42) == [0, 98, 196, 294]  # four, evenly spread
-    assert period_ends(180, 28, 42) == [0, 55, 110]  # three fit
-    for points in (365, 180, 160, 113):
-        ends = period_ends(points, 28, 42)
-        assert all(b - a >= 42 for a, b in zip(ends, ends[1:])) and ends[-1] + 28 + 42 <= points
-
-
-def test_a_site_tallies_its_periods_and_the_validation_period_comes_first():
+def test_an_established_site_reports_its_validation_windows_only_won_or_lost():
     frame, _ = regularize(_frame(sites=2, days=120).query("site == 's1'").reset_index(drop=True))
     settings = Settings.from_config(CONFIG)
-    cases = short_history_cases(frame, settings.model, 14, 14, 7, 7, ())
-    assert len(cases) == 4 and all(c.history == 14 for c in cases)
-    assert cases[0].windows.x.shape[0] == 2  # two weekly origins in the last 14 days
     torch.manual_seed(0)
     model = Forecaster(settings.model).eval()
-    judged = [c.judge(model) for c in cases]
-    counts = tally(judged, 0.02)
-    assert counts == Prior(sum(e.won(0.02) for e in judged), sum(e.lost() for e in judged), 4, 1)
-    assert short_history_evidence(frame, model, 14, 14, 7, 7, ()).shared_mae.tolist() == judged[0].shared_mae.tolist()
+    evidence = short_history_evidence(frame, model, 14, 14, 7, 7, ())
+    assert len(evidence.shared_mae) == len(evidence.alone_mae) == 2  # two weekly origins in the last 14 days
+    ratio = evidence.shared_mae.mean() / evidence.alone_mae.mean()
+    assert evidence.report(0.02) == Prior(int(ratio <= 0.98), int(ratio > 1.05), 1)
+    worse = ShortHistoryEvidence(14, "naive", np.array([1.2, 1.0]), np.array([1.0, 1.0]))
+    assert worse.report(0.02) == Prior(0, 1, 1) and not worse.lost(0.2)
 
 
 def test_a_new_site_keeps_validation_only_beyond_a_lookback():
@@ -117,9 +107,9 @@ def test_the_prior_sums_each_sites_latest_report():
         assert SiteEvaluation.from_row({**metrics, **text}).short_history == short  # the codec round-trips
         return {"site": site, "phase": "evaluate", "round": server_round, **metrics, **text}
 
-    rows = [row("a", 1, {28: Prior(0, 4, 4, 1)}), row("a", 2, {28: Prior(3, 0, 4, 1), 56: Prior(0, 1, 2, 1)}),
-            row("b", 2, {28: Prior(4, 0, 4, 1), 56: Prior(1, 0, 3, 1)})]
-    assert new_site_prior(rows) == {28: Prior(7, 0, 8, 2), 56: Prior(1, 1, 5, 2)}
+    rows = [row("a", 1, {28: Prior(0, 1, 1)}), row("a", 2, {28: Prior(1, 0, 1), 56: Prior(0, 1, 1)}),
+            row("b", 2, {28: Prior(1, 0, 1), 56: Prior(0, 0, 1)})]
+    assert new_site_prior(rows) == {28: Prior(2, 0, 2), 56: Prior(0, 1, 2)}
 
 
 def _fake_federation(seen: list, histories: list[int]):
@@ -157,17 +147,13 @@ def test_every_site_is_new_once_per_cutoff_and_its_series_never_reach_the_establ
         assert guard["prior_sites"] == 6  # the fold's established sites
         if guard["history"] == 14:
             assert guard["own_windows"] == 0
-            assert guard["prior_trials"] == 6 * 4  # each established site's 70 points hold 4 periods
-            assert guard["score"] == pytest.approx((guard["prior_won"] + 1) / (guard["prior_trials"] + 2))
-    for row in report["prior"]:  # the validation period is one of each site's trials
-        for history, validation in row["validation_period"].items():
-            assert validation["trials"] == validation["sites"] == row["prior"][history]["sites"]
-            assert validation["won"] <= row["prior"][history]["won"]
+            assert guard["score"] == pytest.approx((guard["prior_won"] + 1) / (guard["prior_sites"] + 2))
+            assert guard["loss_share"] == pytest.approx((guard["prior_lost"] + 1) / (guard["prior_sites"] + 2))
     assert {s["arm"] for s in summary} >= {"served", "federated_shared"}
     text = (tmp_path / "report.md").read_text()
     assert (tmp_path / "skill_vs_history.png").stat().st_size > 0 and "| served |" in text
-    trials = sum(row["prior"]["14"]["trials"] for row in report["prior"])
-    assert f"| 14 | {trials} |" in text  # the guard's evidence, summed over folds and cutoffs
+    reports = sum(row["prior"]["14"]["sites"] for row in report["prior"])
+    assert reports == 6 * len(report["prior"]) and f"| 14 | {reports} |" in text  # summed over folds and cutoffs
 
 
 def test_a_site_with_only_a_lookback_of_history_joins_and_is_served(tmp_path):
@@ -177,7 +163,7 @@ def test_a_site_with_only_a_lookback_of_history_joins_and_is_served(tmp_path):
     encoder = tmp_path / "global_encoder.pt"
     torch.save({"model_args": model.args.to_dict(), "encoder": model.encoder.state_dict(), "round": 3}, encoder)
     summary = tmp_path / "summary.json"
-    summary.write_text(json.dumps({"new_site_prior": {"14": {"won": 36, "lost": 1, "trials": 40, "sites": 10}}}))
+    summary.write_text(json.dumps({"new_site_prior": {"14": {"won": 9, "lost": 0, "sites": 10}}}))
     site = _frame(sites=2, days=14).query("site == 's1'")
     data = tmp_path / "site.csv"
     site.to_csv(data, index=False)
@@ -187,7 +173,7 @@ def test_a_site_with_only_a_lookback_of_history_joins_and_is_served(tmp_path):
     forecast = pd.read_csv(out)
     assert len(forecast) == 7 and np.isfinite(forecast["y_hat"]).all()
     decision = json.loads(report.read_text())
-    assert decision["serve"] == "shared" and decision["own_windows"] == 0 and decision["prior_trials"] == 40
+    assert decision["serve"] == "shared" and decision["own_windows"] == 0 and decision["prior_sites"] == 10
     with torch.no_grad():  # what it served is the shared forecast of its last lookback
         x = torch.tensor(site["y"].to_numpy()[-14:], dtype=torch.float32)[None]
         np.testing.assert_allclose(forecast["y_hat"].to_numpy(), model.eval()(x, head=False)[0].numpy(), rtol=1e-4)

@@ -249,13 +249,13 @@ def test_an_evaluate_reply_whose_figures_do_not_read_back_is_rejected_and_kept_o
     scores = ArmScores(1.0, {m: 1.0 for m in METRICS})
     evaluation = SiteEvaluation({"alone_best": scores, "federated": scores, "served": scores},
                                 GuardDecision("alone_best", 1, 1, 0, 4, 1, 0.02), "naive",
-                                short_history={28: Prior(3, 0, 4, 1)})
+                                short_history={28: Prior(1, 0, 1)})
     metrics, text = evaluation.to_reply()
     honest = _reply("a", 11, 4, None, "evaluate", **metrics)
     honest.content["site"] = ConfigRecord({"name": "a", **text})
-    forged = _reply("b", 12, 4, None, "evaluate", **{**metrics, "short-history:28:won": 40.0})  # 40 of 4 trials
+    forged = _reply("b", 12, 4, None, "evaluate", **{**metrics, "short-history:28:won": 40.0})  # 40 wins of 1 site
     forged.content["site"] = ConfigRecord({"name": "b", **text})
     assert dict(strategy.aggregate_evaluate(1, [honest, forged])) == {"sites": 1}
     rows = {r["site"]: r for r in json.loads((tmp_path / "per_site.json").read_text()) if r["phase"] == "evaluate"}
     assert "error" not in rows["a"] and "malformed evaluation figures" in rows["b"]["error"]
-    assert new_site_prior(list(rows.values())) == {28: Prior(3, 0, 4, 1)}
+    assert new_site_prior(list(rows.values())) == {28: Prior(1, 0, 1)}
