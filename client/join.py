@@ -45,7 +45,7 @@ def read_encoder(path: Path) -> Forecaster:
 
 def read_prior(path: Path | None, history: int) -> tuple[Prior, int | None]:
     """(prior, history length measured) for a site with `history` points: the longest length the established
-    sites measured that does not exceed it, else the shortest; (no trials, None) without one."""
+    sites measured that does not exceed it, else the shortest; (an empty prior, None) without one."""
     if path is None:
         return Prior(), None
     try:

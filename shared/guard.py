@@ -119,7 +119,7 @@ class NewSiteDecision:
 
     serve: str  # "shared" or "alone_best"
     history: int  # points of the site's own history
-    prior_won: int  # established sites where the shared forecast won, lost by more than LOSS_MARGIN, in all
+    prior_won: int  # established sites where the shared forecast won; lost by more than LOSS_MARGIN; in all
     prior_lost: int
     prior_sites: int
     own_wins: int  # the site's own validation windows the shared forecast won
