@@ -293,7 +293,7 @@ def run(config: dict, frame: pd.DataFrame, cutoffs: list[pd.Timestamp], history:
             for site in new:
                 for h in new_histories:
                     site_rows, guard = new_site_rows(site, by_site[site], cutoff, h, models, settings,
-                                                     evidence.get(h, Prior()), stat_models)
+                                                     evidence[h], stat_models)
                     rows += [{**r, "cutoff": str(cutoff), "fold": fold} for r in site_rows]
                     guards.append({**guard, "cutoff": str(cutoff), "fold": fold})
             phases["new_sites"] = time.monotonic() - t0 - sum(phases.values())
